@@ -1,0 +1,29 @@
+"""The value objects that travel between stages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+Headers = tuple[tuple[str, bytes], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One event, routed: everything needed to send it to Kafka now or years later.
+
+    ``headers`` are all the event's headers (Kafka record headers), ``timestamp_ms``
+    is the time spillway received it (epoch milliseconds).
+    """
+
+    topic: str
+    key: bytes | None
+    headers: Headers
+    value: bytes
+    timestamp_ms: int
+
+    @property
+    def size(self) -> int:
+        """Approximate bytes this record weighs (for budgets and metrics)."""
+        return len(self.value) + len(self.topic) + (len(self.key) if self.key else 0) + sum(
+            len(k) + len(v) for k, v in self.headers
+        )

@@ -1,0 +1,210 @@
+"""Supervisor stage: decides where live events go, Kafka first, the disk buffer second.
+
+Like Flume's failover sink processor, corrected: a failed Kafka is *parked* for
+``1 s · 2^(n-1)`` (jittered, capped at ``failover.max_penalty``, no overflow however
+long the outage), and brought back by an active probe (a metadata request), not by
+risking a live batch. :class:`Failover` is the pure state machine; the
+:class:`Supervisor` applies it: :meth:`Supervisor.deliver` answers one call, the
+supervisor agent (``topology/app.py``) feeds it the sink's outcomes, and the probe
+timer calls :meth:`Supervisor.tick`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from agents.records import Record
+from agents.thrift_source import Status
+from topology.errors import BufferError, BufferFull, SinkError
+from topology.metrics import Metrics
+from topology.ratelog import Throttled
+from topology.settings import FailoverSettings
+
+logger = logging.getLogger(__name__)
+
+
+def penalty(failures: int, max_penalty: float, rand: float = 1.0) -> float:
+    """Seconds to park Kafka after ``failures`` consecutive failures (>= 1).
+
+    ``rand`` in [0, 1] is the jitter draw: the result lies in [80 %, 100 %] of
+    ``min(max_penalty, 2^(failures-1))``. The exponent is clamped before it is
+    raised, so no failure count overflows (Flume's ``1 << n`` did after ~21).
+    """
+    base = min(max_penalty, 2.0 ** min(max(failures, 1) - 1, 62))
+    return base * (0.8 + 0.2 * rand)
+
+
+class SinkState(enum.Enum):
+    UP = "up"
+    PARKED = "parked"
+
+
+class Failover:
+    """Kafka's state: up, or parked until a probe is due. Pure; time is passed in."""
+
+    def __init__(self, max_penalty: float, rng: Callable[[], float] = random.random) -> None:
+        self.max_penalty = max_penalty
+        self.rng = rng
+        self.state = SinkState.UP
+        self.failures = 0
+        self.parked_until = 0.0
+        self.parked_since: float | None = None
+
+    @property
+    def kafka_usable(self) -> bool:
+        return self.state is SinkState.UP
+
+    def failed(self, now: float) -> bool:
+        """A live batch failed. True when this parks Kafka (a transition)."""
+        if self.state is SinkState.PARKED:
+            return False
+        self.state = SinkState.PARKED
+        self.parked_since = now
+        self.failures += 1
+        self.parked_until = now + penalty(self.failures, self.max_penalty, self.rng())
+        return True
+
+    def probe_due(self, now: float) -> bool:
+        return self.state is SinkState.PARKED and now >= self.parked_until
+
+    def probed(self, ok: bool, now: float) -> bool:
+        """Record a probe's result. True when Kafka comes back (a transition)."""
+        if ok:
+            self.state = SinkState.UP
+            self.parked_since = None
+            return True
+        self.failures += 1
+        self.parked_until = now + penalty(self.failures, self.max_penalty, self.rng())
+        return False
+
+    def succeeded(self) -> None:
+        """A live batch was acknowledged: the penalty schedule starts over."""
+        if self.state is SinkState.UP:
+            self.failures = 0
+
+    def current_penalty(self, now: float) -> float:
+        return max(0.0, self.parked_until - now) if self.state is SinkState.PARKED else 0.0
+
+
+class Sink(Protocol):
+    async def submit(self, records: Sequence[Record]) -> list[asyncio.Future[None]]: ...
+    async def probe(self, timeout: float) -> bool: ...
+
+
+class Buffer(Protocol):
+    async def append(self, records: Sequence[Record]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What the sink reports to the supervisor agent after a live batch."""
+
+    ok: bool
+    events: int
+    error: str = ""
+
+
+class Supervisor:
+    def __init__(self, settings: FailoverSettings, sink: Sink, buffer: Buffer, metrics: Metrics,
+                 report: Callable[[Outcome], Awaitable[None]] | None = None) -> None:
+        self.settings = settings
+        self.sink = sink
+        self.buffer = buffer
+        self.metrics = metrics
+        self.failover = Failover(settings.max_penalty)
+        self.report = report or self.observe
+        self._throttled = Throttled(logger)
+        self._spilled_during_outage = 0
+        self._acked_kafka = metrics.acked.labels(sink="kafka")
+        self._acked_disk = metrics.acked.labels(sink="disk")
+        metrics.sink_up.set(1)
+
+    async def deliver(self, records: Sequence[Record]) -> int:
+        """Make ``records`` durable and answer the Status for the call that brought them."""
+        to_disk: Sequence[Record] = records
+        if self.failover.kafka_usable:
+            to_disk = await self._try_kafka(records)
+            if not to_disk:
+                return Status.OK
+        try:
+            await self.buffer.append(to_disk)
+        except BufferFull:
+            self.metrics.failed.inc(len(records))
+            self._throttled.log(logging.WARNING, "full", "disk buffer full: answering FAILED (back-pressure)")
+            return Status.FAILED
+        except BufferError as exc:
+            self.metrics.failed.inc(len(records))
+            self._throttled.log(logging.ERROR, "disk", "disk buffer cannot write: %s; answering FAILED", exc)
+            return Status.FAILED
+        self._acked_disk.inc(len(to_disk))
+        self._acked_kafka.inc(len(records) - len(to_disk))
+        self._spilled_during_outage += len(to_disk)
+        return Status.OK
+
+    async def _try_kafka(self, records: Sequence[Record]) -> Sequence[Record]:
+        """Send to Kafka within failover.timeout; return the records Kafka did not acknowledge."""
+        timeout = self.settings.timeout
+        deadline = time.monotonic() + timeout
+        try:
+            futures = await asyncio.wait_for(self.sink.submit(records), timeout)
+        except (SinkError, TimeoutError) as exc:
+            await self.report(Outcome(False, len(records), repr(exc)))
+            return records
+        unique = set(futures)
+        _, pending = await asyncio.wait(unique, timeout=max(0.0, deadline - time.monotonic()))
+        failed = [f for f in unique if f in pending or f.exception() is not None]
+        if not failed:
+            self._acked_kafka.inc(len(records))
+            if not self.failover.failures == 0 or not self.failover.kafka_usable:
+                await self.report(Outcome(True, len(records)))
+            return ()
+        bad = set(failed)
+        left = [rec for rec, fut in zip(records, futures, strict=True) if fut in bad]
+        for fut in pending:  # a late ack of a spilled batch means that batch lands twice
+            n = sum(1 for f in futures if f is fut)
+            fut.add_done_callback(lambda f, n=n: self._late(f, n))  # type: ignore[misc]
+        first = next((f.exception() for f in failed if f not in pending), None)
+        error = repr(first) if first is not None else f"no ack within {timeout:g}s"
+        await self.report(Outcome(False, len(left), error))
+        return left
+
+    def _late(self, fut: asyncio.Future[None], n: int) -> None:
+        if not fut.cancelled() and fut.exception() is None:
+            self.metrics.duplicates.inc(n)
+
+    async def observe(self, outcome: Outcome) -> None:
+        """Apply one outcome of a live batch to the failover state (the supervisor agent's body)."""
+        now = time.monotonic()
+        if outcome.ok:
+            self.failover.succeeded()
+            return
+        self.metrics.sink_errors.inc()
+        if self.failover.failed(now):
+            self.metrics.sink_up.set(0)
+            self._spilled_during_outage = 0
+            logger.error("Kafka is DOWN (%s): live events go to the disk buffer; next probe in %.1fs",
+                         outcome.error, self.failover.current_penalty(now))
+
+    async def tick(self) -> None:
+        """Probe a parked Kafka when its penalty is over (the probe timer's body)."""
+        now = time.monotonic()
+        if not self.failover.probe_due(now):
+            return
+        ok = await self.sink.probe(self.settings.timeout)
+        now = time.monotonic()
+        parked_since = self.failover.parked_since or now
+        if self.failover.probed(ok, now):
+            self.metrics.sink_up.set(1)
+            logger.warning("Kafka is BACK after %.1fs: live events go to Kafka again; %d events were "
+                           "buffered to disk meanwhile", now - parked_since, self._spilled_during_outage)
+        else:
+            self._throttled.log(logging.WARNING, "probe", "Kafka still down after %.0fs (probe %d failed); "
+                                "next probe in %.1fs", now - parked_since, self.failover.failures,
+                                self.failover.current_penalty(now))

@@ -1,0 +1,70 @@
+"""Fixtures: one real Kafka broker per session (never mocked, never skipped), workers per test."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from devtools.kafka import Broker
+from helpers import Worker, free_port
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--run-slow", action="store_true", help="run long soak and chaos tests")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--run-slow"):
+        return
+    deselected = [i for i in items if i.get_closest_marker("slow")]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [i for i in items if not i.get_closest_marker("slow")]
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """A real Apache Kafka broker (KRaft, single node) on free loopback ports.
+
+    If it cannot start, every test that needs it errors: it is never skipped.
+    """
+    broker = Broker(tmp_path_factory.mktemp("kafka"), port=free_port(), controller_port=free_port(),
+                    heap=os.environ.get("KAFKA_HEAP", "512m"))
+    broker.start(timeout=120)
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def kafka_up(kafka: Broker) -> Broker:
+    """The session broker, restarted first if an earlier test left it stopped."""
+    if not kafka.running:
+        kafka.start(timeout=120)
+    return kafka
+
+
+@pytest.fixture
+def make_worker(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., Worker]]:
+    workers: list[Worker] = []
+
+    def make(bootstrap: str, name: str = "worker", start: bool = True, **env: str) -> Worker:
+        w = Worker(tmp_path / name, bootstrap, env_extra=env)
+        workers.append(w)
+        return w.start() if start else w
+
+    yield make
+    failed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed
+    for w in workers:
+        w.kill()
+        if failed:
+            print(f"\n--- {w.directory.name} log ---\n{w.log_tail(80)}")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    rep = yield
+    setattr(item, f"rep_{rep.when}", rep)
+    return rep

@@ -1,0 +1,249 @@
+"""Test helpers: a real spillway worker process, a Flume Thrift client, a Kafka reader, a TCP proxy."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import thriftpy2
+from thriftpy2.protocol import TBinaryProtocolFactory, TCompactProtocolFactory
+from thriftpy2.rpc import make_client
+from thriftpy2.transport import TFramedTransportFactory
+
+ROOT = Path(__file__).resolve().parent.parent
+flume = thriftpy2.load(str(ROOT / "agents" / "flume.thrift"), module_name="flume_client_thrift")
+Status = flume.Status
+Event = flume.ThriftFlumeEvent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def event(body: bytes | str, **headers: str) -> Any:
+    return Event(headers=headers, body=body.encode() if isinstance(body, str) else body)
+
+
+def client(port: int, protocol: str = "compact", timeout_ms: int = 30_000) -> Any:
+    factory = TCompactProtocolFactory() if protocol == "compact" else TBinaryProtocolFactory()
+    return make_client(flume.ThriftSourceProtocol, "127.0.0.1", port, proto_factory=factory,
+                       trans_factory=TFramedTransportFactory(), timeout=timeout_ms)
+
+
+@dataclass
+class Worker:
+    """A real spillway worker process (``python -m topology.cli worker``)."""
+
+    directory: Path
+    bootstrap: str
+    env_extra: dict[str, str] = field(default_factory=dict)
+    thrift_port: int = field(default_factory=free_port)
+    web_port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def buffer_dir(self) -> Path:
+        return self.directory / "buffer"
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / "worker.log"
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({
+            "SPILLWAY_KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+            "SPILLWAY_SOURCE_THRIFT_HOST": "127.0.0.1",
+            "SPILLWAY_SOURCE_THRIFT_PORT": str(self.thrift_port),
+            "SPILLWAY_WEB_PORT": str(self.web_port),
+            "SPILLWAY_BUFFER_DIRECTORY": str(self.buffer_dir),
+            "SPILLWAY_DRAIN_ARCHIVE_DIRECTORY": str(self.directory / "archive"),
+            "SPILLWAY_FAILOVER_TIMEOUT": "3s",
+            "SPILLWAY_FAILOVER_MAX_PENALTY": "2s",
+            "SPILLWAY_KAFKA_REQUEST_TIMEOUT": "3s",
+            "SPILLWAY_DRAIN_INTERVAL": "0.5s",
+        })
+        env.update(self.env_extra)
+        return env
+
+    def start(self, timeout: float = 60.0) -> Worker:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "topology.cli", "--datadir", str(self.directory / "faust"),
+             "--loglevel", "info", "worker"],
+            cwd=ROOT, env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log_tail()}")
+            with contextlib.suppress(OSError, ValueError):
+                if self.get("/ready").get("ready"):
+                    return self
+            time.sleep(0.2)
+        raise TimeoutError(f"worker not ready in {timeout}s:\n{self.log_tail()}")
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}{path}", timeout=5) as resp:
+            body = resp.read()
+        return json.loads(body) if body[:1] in (b"{", b"[") else body.decode()
+
+    def status(self) -> Any:
+        return self.get("/status")
+
+    def log_tail(self, n: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except FileNotFoundError:
+            return "(no log)"
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+
+
+def read_topic(bootstrap: str, topic: str, expected: int, timeout: float = 60.0,
+               settle: float = 0.0) -> list[Any]:
+    """Every record of ``topic`` from the beginning: stops at ``expected`` records (then waits
+    ``settle`` seconds for extra ones) or at the timeout."""
+    from aiokafka import AIOKafkaConsumer
+
+    async def run() -> list[Any]:
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                    enable_auto_commit=False, group_id=None, isolation_level="read_committed")
+        await consumer.start()
+        out: list[Any] = []
+        try:
+            deadline = time.monotonic() + timeout
+            settle_until: float | None = None
+            while time.monotonic() < deadline:
+                batch = await consumer.getmany(timeout_ms=500)
+                for records in batch.values():
+                    out.extend(records)
+                if len(out) >= expected:
+                    if settle_until is None:
+                        settle_until = time.monotonic() + settle
+                    if time.monotonic() >= settle_until:
+                        break
+        finally:
+            await consumer.stop()
+        return out
+
+    return asyncio.run(run())
+
+
+class TcpProxy:
+    """A TCP proxy on loopback, run in a thread, that can pass, cut or stall its connections."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.port = free_port()
+        self.mode = "pass"  # pass | stall | cut
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    def __enter__(self) -> TcpProxy:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(5)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self._close_all(stop=True), self._loop).result(5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+    async def _start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+
+    async def _close_all(self, stop: bool = False) -> None:
+        if stop and self._server is not None:
+            self._server.close()
+        for w in list(self._writers):
+            w.close()
+        self._writers.clear()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.mode == "cut":
+            writer.close()
+            return
+        self._writers.add(writer)
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        except OSError:
+            writer.close()
+            return
+        self._writers.add(up_writer)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(Exception):
+                while data := await src.read(65536):
+                    while self.mode == "stall":  # hold the bytes: the peer sees silence
+                        await asyncio.sleep(0.05)
+                    if self.mode == "cut":
+                        break
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    def cut(self) -> None:
+        """Close every connection and refuse new ones."""
+        self.mode = "cut"
+        asyncio.run_coroutine_threadsafe(self._close_all(), self._loop).result(5)
+
+    def stall(self) -> None:
+        """Keep connections open and accept new ones, but pass no bytes."""
+        self.mode = "stall"
+
+    def restore(self) -> None:
+        self.mode = "pass"
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{os.getpid()}-{time.monotonic_ns() % 10**9}"
+
+
+def wait_until(pred: Any, timeout: float, interval: float = 0.2, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def chunks(items: list[Any], n: int) -> Iterator[list[Any]]:
+    for i in range(0, len(items), n):
+        yield items[i:i + n]

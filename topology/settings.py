@@ -1,0 +1,303 @@
+"""Settings: one TOML file, environment overrides, one typed, validated, frozen object.
+
+Load order for every key: the default below, then ``config/spillway.toml`` (or the
+file named by ``SPILLWAY_CONFIG``), then ``SPILLWAY_<SECTION>_<KEY>`` from the
+environment (upper case, dots to underscores: ``source.thrift.port`` is
+``SPILLWAY_SOURCE_THRIFT_PORT``). A bad value fails at start with a
+:class:`~topology.errors.ConfigError` that names the key.
+
+Durations take seconds as a number or a string with a unit (``250ms``, ``5s``,
+``10m``, ``2h``, ``7d``); sizes take bytes as a number or a string with a unit
+(``64MiB``, ``10GB``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import os
+import re
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+
+from topology.errors import ConfigError
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "spillway.toml"
+
+Duration = typing.NewType("Duration", float)
+Size = typing.NewType("Size", int)
+
+_UNITS_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_UNITS_B = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+            "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+TOPIC_RE = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaSettings:
+    bootstrap_servers: str = "127.0.0.1:9092"
+    client_id: str = "spillway"
+    request_timeout: Duration = Duration(5.0)
+    linger: Duration = Duration(0.0)
+    max_batch_bytes: Size = Size(1_000_000)
+    compression: Literal["none", "gzip", "lz4", "zstd"] = "none"
+    metadata_max_age: Duration = Duration(30.0)
+
+
+@dataclass(frozen=True, slots=True)
+class ThriftSettings:
+    host: str = "0.0.0.0"
+    port: int = 4141
+    protocol: Literal["compact", "binary"] = "compact"
+    max_frame_bytes: Size = Size(16_384_000)
+    max_batch_events: int = 10_000
+    max_event_bytes: Size = Size(1_000_000)
+    max_headers: int = 64
+    max_header_bytes: Size = Size(16_384)
+    max_connections: int = 1024
+    idle_timeout: Duration = Duration(300.0)
+
+
+@dataclass(frozen=True, slots=True)
+class SourceSettings:
+    thrift: ThriftSettings = field(default_factory=ThriftSettings)
+
+
+@dataclass(frozen=True, slots=True)
+class RouterSettings:
+    topic_header: str = "topic"
+    key_header: str = "key"
+    default_topic: str = "events"
+    allowed_topics: tuple[str, ...] = ("*",)
+
+    def topic_allowed(self, topic: str) -> bool:
+        return any(fnmatch.fnmatchcase(topic, pattern) for pattern in self.allowed_topics)
+
+
+@dataclass(frozen=True, slots=True)
+class BufferSettings:
+    directory: Path = Path("var/buffer")
+    max_bytes: Size = Size(10 * 2**30)
+    segment_max_bytes: Size = Size(64 * 2**20)
+    segment_max_age: Duration = Duration(60.0)
+    fsync: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class FailoverSettings:
+    timeout: Duration = Duration(5.0)
+    max_penalty: Duration = Duration(30.0)
+    probe_interval: Duration = Duration(0.5)
+
+
+@dataclass(frozen=True, slots=True)
+class DrainSettings:
+    interval: Duration = Duration(1.0)
+    max_age: Duration = Duration(7 * 86400.0)
+    archive_directory: Path = Path("var/archive")
+    max_events_per_second: int = 200_000
+    batch_events: int = 2_000
+
+
+@dataclass(frozen=True, slots=True)
+class WebSettings:
+    host: str = "127.0.0.1"
+    port: int = 6066
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    source: SourceSettings = field(default_factory=SourceSettings)
+    router: RouterSettings = field(default_factory=RouterSettings)
+    buffer: BufferSettings = field(default_factory=BufferSettings)
+    failover: FailoverSettings = field(default_factory=FailoverSettings)
+    drain: DrainSettings = field(default_factory=DrainSettings)
+    web: WebSettings = field(default_factory=WebSettings)
+    #: where each key's value came from: "default", the file's path, or "env:NAME"
+    origins: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def flat(self) -> dict[str, Any]:
+        """Every key as ``section.key`` → value (for check-config and /status)."""
+        out: dict[str, Any] = {}
+
+        def walk(obj: Any, prefix: str) -> None:
+            for f in dataclasses.fields(obj):
+                if f.name == "origins":
+                    continue
+                value = getattr(obj, f.name)
+                if dataclasses.is_dataclass(value):
+                    walk(value, f"{prefix}{f.name}.")
+                else:
+                    out[f"{prefix}{f.name}"] = value
+
+        walk(self, "")
+        return out
+
+
+def parse_duration(value: Any, key: str) -> Duration:
+    if isinstance(value, bool):
+        raise ConfigError(key, f"expected a duration, got {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(ms|s|m|h|d)?\s*", value)
+        if not m:
+            raise ConfigError(key, f"expected a duration like '5s', '250ms' or '7d', got {value!r}")
+        seconds = float(m.group(1)) * _UNITS_S[m.group(2) or "s"]
+    else:
+        raise ConfigError(key, f"expected a duration, got {value!r}")
+    if seconds < 0:
+        raise ConfigError(key, "must not be negative")
+    return Duration(seconds)
+
+
+def parse_size(value: Any, key: str) -> Size:
+    if isinstance(value, bool):
+        raise ConfigError(key, f"expected a size, got {value!r}")
+    if isinstance(value, int):
+        size = value
+    elif isinstance(value, str):
+        m = re.fullmatch(r"\s*([0-9]+)\s*([a-zA-Z]*)\s*", value)
+        if not m or m.group(2).lower() not in _UNITS_B:
+            raise ConfigError(key, f"expected a size like '64MiB' or 1048576, got {value!r}")
+        size = int(m.group(1)) * _UNITS_B[m.group(2).lower()]
+    else:
+        raise ConfigError(key, f"expected a size, got {value!r}")
+    if size < 0:
+        raise ConfigError(key, "must not be negative")
+    return Size(size)
+
+
+def _coerce(tp: Any, value: Any, key: str, from_env: bool) -> Any:
+    if tp is Duration:
+        return parse_duration(value, key)
+    if tp is Size:
+        return parse_size(value, key)
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(key, f"must be one of {', '.join(map(repr, choices))}, got {value!r}")
+        return value
+    if tp is bool:
+        if from_env and isinstance(value, str):
+            low = value.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+        if not isinstance(value, bool):
+            raise ConfigError(key, f"expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if from_env and isinstance(value, str):
+            try:
+                value = int(value)
+            except ValueError:
+                raise ConfigError(key, f"expected an integer, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, f"expected an integer, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(key, f"expected a string, got {value!r}")
+        return value
+    if tp is Path:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(key, f"expected a path, got {value!r}")
+        return Path(value)
+    if origin is tuple:
+        if from_env and isinstance(value, str):
+            value = _env_list(value, key)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(key, f"expected a list of strings, got {value!r}")
+        return tuple(value)
+    raise ConfigError(key, f"unsupported setting type {tp!r}")  # pragma: no cover
+
+
+def _env_list(value: str, key: str) -> list[str]:
+    value = value.strip()
+    if value.startswith("["):
+        try:
+            parsed = orjson.loads(value)
+        except orjson.JSONDecodeError as exc:
+            raise ConfigError(key, f"invalid JSON list: {exc}") from None
+        return parsed  # type: ignore[no-any-return]
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def _build(cls: type, table: Mapping[str, Any], prefix: str, origin: str,
+           env: Mapping[str, str], origins: dict[str, str]) -> Any:
+    if not isinstance(table, Mapping):
+        raise ConfigError(prefix.rstrip(".") or "<root>", "expected a table")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls) if f.name != "origins"}
+    for name in table:
+        if name not in known:
+            raise ConfigError(f"{prefix}{name}", "unknown key")
+    kwargs: dict[str, Any] = {}
+    for name in known:
+        key = f"{prefix}{name}"
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, table.get(name, {}), f"{key}.", origin, env, origins)  # type: ignore[arg-type]
+            continue
+        env_name = "SPILLWAY_" + key.upper().replace(".", "_")
+        if env_name in env:
+            kwargs[name] = _coerce(tp, env[env_name], key, from_env=True)
+            origins[key] = f"env:{env_name}"
+        elif name in table:
+            kwargs[name] = _coerce(tp, table[name], key, from_env=False)
+            origins[key] = origin
+        else:
+            origins[key] = "default"
+    return cls(**kwargs)
+
+
+def _validate(s: Settings) -> None:
+    r = s.router
+    if not TOPIC_RE.match(r.default_topic) or r.default_topic.startswith("__"):
+        raise ConfigError("router.default_topic", f"{r.default_topic!r} is not a valid topic name")
+    if not r.topic_allowed(r.default_topic):
+        raise ConfigError("router.default_topic", "is not matched by router.allowed_topics")
+    if not r.allowed_topics:
+        raise ConfigError("router.allowed_topics", "must list at least one pattern")
+    for key, port in (("source.thrift.port", s.source.thrift.port), ("web.port", s.web.port)):
+        if not 0 <= port <= 65535:
+            raise ConfigError(key, f"{port} is not a TCP port")
+    if s.source.thrift.max_frame_bytes < 64:
+        raise ConfigError("source.thrift.max_frame_bytes", "must be at least 64")
+    if s.kafka.max_batch_bytes > 1_000_000 and s.source.thrift.max_event_bytes > 1_000_000:
+        raise ConfigError("source.thrift.max_event_bytes", "must fit Kafka's default message.max.bytes")
+    if s.failover.timeout <= 0:
+        raise ConfigError("failover.timeout", "must be positive")
+    if s.buffer.max_bytes < s.source.thrift.max_event_bytes:
+        raise ConfigError("buffer.max_bytes", "must hold at least one event")
+
+
+def load_settings(path: str | os.PathLike[str] | None = None,
+                  env: Mapping[str, str] | None = None) -> Settings:
+    """Load, override and validate the settings; raise ConfigError naming the key."""
+    env = os.environ if env is None else env
+    if path is None:
+        path = env.get("SPILLWAY_CONFIG") or DEFAULT_CONFIG
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            table = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError("SPILLWAY_CONFIG", f"no configuration file at {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), f"not valid TOML: {exc}") from None
+    origins: dict[str, str] = {}
+    built: Settings = _build(Settings, table, "", str(path), env, origins)
+    settings = dataclasses.replace(built, origins=origins)
+    _validate(settings)
+    return settings
