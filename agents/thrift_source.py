@@ -23,9 +23,9 @@ from typing import Any
 
 import thriftpy2
 from mode import Service
-from thriftpy2.protocol import TBinaryProtocolFactory, TCompactProtocolFactory
-from thriftpy2.thrift import TApplicationException, TMessageType
-from thriftpy2.transport import TMemoryBuffer
+from thriftpy2.protocol.binary import TBinaryProtocol
+from thriftpy2.protocol.compact import TCompactProtocol
+from thriftpy2.thrift import TMessageType
 
 from topology.errors import FrameError, SourceError
 from topology.metrics import Metrics
@@ -50,20 +50,60 @@ class Call:
     events: list[Any]
 
 
+class FrameBuffer:
+    """An in-memory transport that refuses to read past the frame.
+
+    thriftpy2's own memory buffers return short reads silently (and its Cython
+    binary protocol then mallocs whatever length the bytes claim); here a length
+    is checked against the bytes actually left before anything is allocated.
+    """
+
+    __slots__ = ("_data", "_pos", "_out")
+
+    def __init__(self, data: bytes = b"") -> None:
+        self._data = memoryview(data)
+        self._pos = 0
+        self._out: list[bytes] = []
+
+    def read(self, size: int) -> bytes:
+        end = self._pos + size
+        if size < 0 or end > len(self._data):
+            raise FrameError(f"a field claims {size} bytes, {len(self._data) - self._pos} are left in the frame")
+        chunk = self._data[self._pos:end].tobytes()
+        self._pos = end
+        return chunk
+
+    @property
+    def remaining(self) -> int:
+        return len(self._data) - self._pos
+
+    def write(self, data: bytes) -> None:
+        self._out.append(bytes(data))
+
+    def flush(self) -> None:
+        pass
+
+    def getvalue(self) -> bytes:
+        return b"".join(self._out)
+
+
 class Codec:
     """Decodes one framed call and encodes its reply, all in memory."""
 
     def __init__(self, protocol: str) -> None:
-        self.factory = TCompactProtocolFactory() if protocol == "compact" else TBinaryProtocolFactory()
+        self.protocol_class = TCompactProtocol if protocol == "compact" else TBinaryProtocol
 
     def decode(self, frame: bytes) -> Call:
-        proto = self.factory.get_protocol(TMemoryBuffer(frame))
+        buf = FrameBuffer(frame)
+        proto = self.protocol_class(buf)
         try:
             name, mtype, seqid = proto.read_message_begin()
             if mtype != TMessageType.CALL or name not in _METHODS:
                 raise FrameError(f"unknown call {name!r} (type {mtype})")
             args = getattr(_SERVICE, name + "_args")()
             proto.read_struct(args)
+            if buf.remaining:
+                raise FrameError(f"{buf.remaining} bytes left over after the call")
         except FrameError:
             raise
         except Exception as exc:  # thriftpy2 raises many kinds on garbage; all mean the same here
@@ -75,8 +115,8 @@ class Codec:
         return Call(name, seqid, events)
 
     def reply(self, call: Call, status: int) -> bytes:
-        buf = TMemoryBuffer()
-        proto = self.factory.get_protocol(buf)
+        buf = FrameBuffer()
+        proto = self.protocol_class(buf)
         proto.write_message_begin(call.name, TMessageType.REPLY, call.seqid)
         proto.write_struct(getattr(_SERVICE, call.name + "_result")(success=status))
         proto.write_message_end()
