@@ -16,7 +16,7 @@ import asyncio
 import logging
 import random
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -115,8 +115,10 @@ def _chain(kfut: asyncio.Future[Any], fut: asyncio.Future[None]) -> None:
 class KafkaSink:
     """Owns the producer; built in the running loop by :meth:`start`."""
 
-    def __init__(self, settings: KafkaSettings) -> None:
+    def __init__(self, settings: KafkaSettings, on_late_ack: Callable[[int], None] | None = None) -> None:
         self.settings = settings
+        #: called with a count when batches given up on (timed out) are acknowledged after all
+        self.on_late_ack = on_late_ack
         self.producer: AIOKafkaProducer = None  # type: ignore[assignment]
         self.tasks: set[asyncio.Task[None]] = set()
         self._lanes: dict[tuple[str, int], _Lane] = {}
@@ -215,13 +217,35 @@ class KafkaSink:
             futures.append(lane.add(rec))
         return futures
 
-    async def send(self, records: Sequence[Record]) -> None:
-        """Send and wait for every ack (no timeout: the caller bounds it)."""
-        futures = set(await self.submit(records))
-        results = await asyncio.gather(*(asyncio.shield(f) for f in futures), return_exceptions=True)
-        for r in results:
-            if isinstance(r, BaseException):
-                raise r
+    async def send_within(self, records: Sequence[Record], timeout: float) -> tuple[list[Record], str | None]:
+        """Send and wait at most ``timeout`` seconds for Kafka's acks.
+
+        Returns the records Kafka did not acknowledge (to be kept elsewhere) and the
+        first error, or ``([], None)``. A batch given up on may still be acknowledged
+        later: ``on_late_ack`` counts those records (they will reach Kafka twice).
+        """
+        deadline = asyncio.get_running_loop().time() + timeout
+        try:
+            futures = await asyncio.wait_for(self.submit(records), timeout)
+        except (SinkError, TimeoutError) as exc:
+            return list(records), repr(exc) if str(exc) else f"no metadata within {timeout:g}s"
+        unique = set(futures)
+        remaining = max(0.0, deadline - asyncio.get_running_loop().time())
+        _, pending = await asyncio.wait(unique, timeout=remaining)
+        failed = {f for f in unique if f in pending or f.exception() is not None}
+        if not failed:
+            return [], None
+        if self.on_late_ack is not None:
+            for fut in pending:
+                n = futures.count(fut)
+                fut.add_done_callback(lambda f, n=n: self._late(f, n))  # type: ignore[misc]
+        first = next((f.exception() for f in failed if f not in pending), None)
+        error = repr(first) if first is not None else f"no ack within {timeout:g}s"
+        return [rec for rec, fut in zip(records, futures, strict=True) if fut in failed], error
+
+    def _late(self, fut: asyncio.Future[None], n: int) -> None:
+        if not fut.cancelled() and fut.exception() is None and self.on_late_ack is not None:
+            self.on_late_ack(n)
 
     async def probe(self, timeout: float) -> bool:
         """An active check: does Kafka answer a metadata request now?"""

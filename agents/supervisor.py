@@ -94,7 +94,7 @@ class Failover:
 
 
 class Sink(Protocol):
-    async def submit(self, records: Sequence[Record]) -> list[asyncio.Future[None]]: ...
+    async def send_within(self, records: Sequence[Record], timeout: float) -> tuple[list[Record], str | None]: ...
     async def probe(self, timeout: float) -> bool: ...
 
 
@@ -150,34 +150,14 @@ class Supervisor:
 
     async def _try_kafka(self, records: Sequence[Record]) -> Sequence[Record]:
         """Send to Kafka within failover.timeout; return the records Kafka did not acknowledge."""
-        timeout = self.settings.timeout
-        deadline = time.monotonic() + timeout
-        try:
-            futures = await asyncio.wait_for(self.sink.submit(records), timeout)
-        except (SinkError, TimeoutError) as exc:
-            await self.report(Outcome(False, len(records), repr(exc)))
-            return records
-        unique = set(futures)
-        _, pending = await asyncio.wait(unique, timeout=max(0.0, deadline - time.monotonic()))
-        failed = [f for f in unique if f in pending or f.exception() is not None]
-        if not failed:
+        left, error = await self.sink.send_within(records, self.settings.timeout)
+        if error is None:
             self._acked_kafka.inc(len(records))
-            if not self.failover.failures == 0 or not self.failover.kafka_usable:
+            if self.failover.failures:
                 await self.report(Outcome(True, len(records)))
             return ()
-        bad = set(failed)
-        left = [rec for rec, fut in zip(records, futures, strict=True) if fut in bad]
-        for fut in pending:  # a late ack of a spilled batch means that batch lands twice
-            n = sum(1 for f in futures if f is fut)
-            fut.add_done_callback(lambda f, n=n: self._late(f, n))  # type: ignore[misc]
-        first = next((f.exception() for f in failed if f not in pending), None)
-        error = repr(first) if first is not None else f"no ack within {timeout:g}s"
         await self.report(Outcome(False, len(left), error))
         return left
-
-    def _late(self, fut: asyncio.Future[None], n: int) -> None:
-        if not fut.cancelled() and fut.exception() is None:
-            self.metrics.duplicates.inc(n)
 
     async def observe(self, outcome: Outcome) -> None:
         """Apply one outcome of a live batch to the failover state (the supervisor agent's body)."""

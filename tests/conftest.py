@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from devtools.kafka import Broker
-from helpers import Worker, free_port
+from helpers import TcpProxy, Worker, free_port
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -26,12 +26,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="session")
-def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    """A real Apache Kafka broker (KRaft, single node) on free loopback ports.
+def kafka_proxy() -> Iterator[TcpProxy]:
+    """A TCP proxy in front of the broker: everyone reaches Kafka through it, so a test can
+    cut or stall the connection for real."""
+    with TcpProxy(free_port()) as proxy:
+        yield proxy
 
-    If it cannot start, every test that needs it errors: it is never skipped.
-    """
-    broker = Broker(tmp_path_factory.mktemp("kafka"), port=free_port(), controller_port=free_port(),
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory: pytest.TempPathFactory, kafka_proxy: TcpProxy) -> Iterator[Broker]:
+    """A real Apache Kafka broker (KRaft, single node) on free loopback ports, advertised
+    through ``kafka_proxy``. If it cannot start, every test that needs it errors: it is never
+    skipped."""
+    broker = Broker(tmp_path_factory.mktemp("kafka"), port=kafka_proxy.upstream_port,
+                    controller_port=free_port(), advertised_port=kafka_proxy.port,
                     heap=os.environ.get("KAFKA_HEAP", "512m"))
     broker.start(timeout=120)
     yield broker
@@ -39,11 +47,13 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
 
 
 @pytest.fixture
-def kafka_up(kafka: Broker) -> Broker:
-    """The session broker, restarted first if an earlier test left it stopped."""
+def kafka_up(kafka: Broker, kafka_proxy: TcpProxy) -> Iterator[Broker]:
+    """The session broker, restarted first if an earlier test left it stopped; the proxy passes."""
+    kafka_proxy.restore()
     if not kafka.running:
         kafka.start(timeout=120)
-    return kafka
+    yield kafka
+    kafka_proxy.restore()
 
 
 @pytest.fixture

@@ -247,3 +247,100 @@ def wait_until(pred: Any, timeout: float, interval: float = 0.2, what: str = "co
 def chunks(items: list[Any], n: int) -> Iterator[list[Any]]:
     for i in range(0, len(items), n):
         yield items[i:i + n]
+
+
+@dataclass
+class CallResult:
+    started: float
+    latency: float
+    status: int | None  # None: the connection failed (not acknowledged)
+    events: list[tuple[str, bytes, bytes]]  # (topic, key, body)
+
+
+class Load:
+    """Several Flume clients in threads sending appendBatch over several topics until stopped.
+
+    Every event body is unique, so an oracle can check each acknowledged one in Kafka."""
+
+    def __init__(self, port: int, topics: list[str], clients: int = 4, batch: int = 50,
+                 pause: float = 0.0, body_bytes: int = 64) -> None:
+        self.port, self.topics, self.clients, self.batch = port, topics, clients, batch
+        self.pause, self.body_bytes = pause, body_bytes
+        self.results: list[CallResult] = []
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+
+    def _run(self, n: int) -> None:
+        c = None
+        seq = 0
+        while not self._stop.is_set():
+            if c is None:
+                try:
+                    c = client(self.port, timeout_ms=30_000)
+                except Exception:
+                    time.sleep(0.2)
+                    continue
+            evs = []
+            for _ in range(self.batch):
+                topic = self.topics[seq % len(self.topics)]
+                key = f"k{seq % 13}".encode()
+                body = f"c{n}-{seq}-".encode().ljust(self.body_bytes, b".")
+                evs.append((topic, key, body))
+                seq += 1
+            t0 = time.monotonic()
+            try:
+                status = c.appendBatch([Event(headers={"topic": t, "key": k.decode(), "src": f"c{n}"}, body=b)
+                                        for t, k, b in evs])
+            except Exception:
+                status = None
+                with contextlib.suppress(Exception):
+                    c.close()
+                c = None
+            with self._lock:
+                self.results.append(CallResult(t0, time.monotonic() - t0, status, evs))
+            if self.pause:
+                time.sleep(self.pause)
+        if c is not None:
+            c.close()
+
+    def start(self) -> Load:
+        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(self.clients)]
+        for t in self._threads:
+            t.start()
+        return self
+
+    def stop(self) -> Load:
+        self._stop.set()
+        for t in self._threads:
+            t.join(60)
+        return self
+
+    def acked(self) -> dict[bytes, tuple[str, bytes]]:
+        """body -> (topic, key) of every event whose call was answered OK."""
+        return {b: (t, k) for r in self.results if r.status == Status.OK for t, k, b in r.events}
+
+    def statuses(self) -> dict[Any, int]:
+        out: dict[Any, int] = {}
+        for r in self.results:
+            out[r.status] = out.get(r.status, 0) + 1
+        return out
+
+
+def check_all_in_kafka(bootstrap: str, acked: dict[bytes, tuple[str, bytes]], timeout: float = 90.0) -> dict[str, int]:
+    """The oracle: every acknowledged event is in the topic its header named, with its key and
+    headers. Returns counts: expected, found, duplicates."""
+    by_topic: dict[str, int] = {}
+    for t, _ in acked.values():
+        by_topic[t] = by_topic.get(t, 0) + 1
+    seen: dict[bytes, int] = {}
+    for topic, n in by_topic.items():
+        for rec in read_topic(bootstrap, topic, n, timeout=timeout, settle=1.0):
+            seen[rec.value] = seen.get(rec.value, 0) + 1
+            if rec.value in acked:
+                want_topic, want_key = acked[rec.value]
+                assert rec.topic == want_topic and rec.key == want_key, rec
+                assert dict(rec.headers)["topic"] == want_topic.encode()
+    missing = [b for b in acked if b not in seen]
+    assert not missing, f"{len(missing)} acknowledged events missing from Kafka, e.g. {missing[:3]}"
+    return {"expected": len(acked), "found": len(seen), "duplicates": sum(v - 1 for v in seen.values())}

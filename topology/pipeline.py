@@ -57,7 +57,7 @@ class Pipeline(Service):
         self.outcomes = outcomes
         self.metrics = Metrics()
         self.router = Router(settings.router)
-        self.sink = KafkaSink(settings.kafka)
+        self.sink = KafkaSink(settings.kafka, on_late_ack=self.metrics.duplicates.inc)
         b = settings.buffer
         self.buffer = DiskBuffer(b.directory, max_bytes=b.max_bytes, segment_max_bytes=b.segment_max_bytes,
                                  segment_max_age=b.segment_max_age, fsync=b.fsync)
@@ -67,6 +67,7 @@ class Pipeline(Service):
         self.source = ThriftSource(settings.source.thrift, self.handle, self.metrics)
         self.started_at = time.time()
         self._inflight: set[asyncio.Task[None]] = set()
+        self._quarantined_seen = 0
         self._throttled = Throttled(logger)
         # A call is never left waiting forever, whatever happens downstream.
         self._reply_guard = settings.failover.timeout * 2 + 30.0
@@ -96,6 +97,18 @@ class Pipeline(Service):
         await self.buffer.stop()
         await self.sink.stop()
         logger.info("spillway stopped")
+
+    def refresh_gauges(self) -> None:
+        """Set the buffer gauges from the buffer's own accounting (at scrape time)."""
+        st = self.buffer.stats()
+        m = self.metrics
+        m.buffer_bytes.set(st.bytes)
+        m.buffer_events.set(st.events)
+        m.buffer_segments.set(st.segments)
+        m.buffer_oldest_age.set(0 if st.oldest_timestamp_ms is None
+                                else max(0.0, time.time() - st.oldest_timestamp_ms / 1000))
+        m.quarantined.inc(max(0, st.quarantined_records - self._quarantined_seen))
+        self._quarantined_seen = max(self._quarantined_seen, st.quarantined_records)
 
     # -- source -> ingress -------------------------------------------------------------------------
 

@@ -31,6 +31,8 @@ def status_document() -> dict[str, Any]:
         return {"state": "starting"}
     now = time.monotonic()
     f = p.supervisor.failover
+    p.refresh_gauges()
+    b = p.buffer.stats()
     counters = p.metrics.counters()
     return {
         "state": "running" if p.source.listening else "stopping",
@@ -40,6 +42,12 @@ def status_document() -> dict[str, Any]:
         "sink": {"state": f.state.value, "failures": f.failures,
                  "penalty_seconds": round(f.current_penalty(now), 2),
                  "bootstrap_servers": p.settings.kafka.bootstrap_servers},
+        "buffer": {"directory": str(p.settings.buffer.directory), "bytes": b.bytes, "events": b.events,
+                   "segments": b.segments, "max_bytes": p.settings.buffer.max_bytes,
+                   "oldest_event_age_seconds": counters.get("spillway_buffer_oldest_event_age_seconds", 0),
+                   "fsyncs": b.fsyncs, "quarantined_records": b.quarantined_records},
+        "drain": {"segment": p.drain.current, "drained_total": p.drain.drained_total,
+                  "archived_total": counters.get("spillway_events_archived_total", 0)},
         "counters": {
             "received": counters.get("spillway_events_received_total{source=thrift}", 0),
             "acked_kafka": counters.get("spillway_events_acked_total{sink=kafka}", 0),
@@ -60,5 +68,8 @@ async def status(self: web.View, request: web.Request) -> web.Response:
 @app.page("/metrics")
 async def metrics(self: web.View, request: web.Request) -> web.Response:
     p = topo.pipeline
-    body = generate_latest(p.metrics.registry) if p is not None else b""
+    if p is None:
+        return self.bytes(b"", content_type="text/plain", status=503)
+    p.refresh_gauges()
+    body = generate_latest(p.metrics.registry)
     return self.bytes(body, content_type=CONTENT_TYPE_LATEST.split(";")[0])
