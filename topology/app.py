@@ -104,4 +104,4 @@ async def drain() -> None:
             logger.exception("drain timer: unexpected error")
 
 
-from topology import views  # noqa: E402,F401  - registers the web views and CLI commands
+from topology import commands, views  # noqa: E402,F401  - registers the CLI commands and web views

@@ -1,0 +1,1 @@
+"""CLI commands (``spillway <command>``): replay, buffer, send, check-config."""
