@@ -282,6 +282,7 @@ class Drain:
             self.buffer.note_drained(path, (sent - last[0]) + (archived - last[1]))
             self.metrics.drained.inc(sent - last[0])
             self.metrics.archived.inc(archived - last[1])
+            self.drained_total += sent - last[0]
             last[0], last[1] = sent, archived
 
         try:
@@ -299,8 +300,9 @@ class Drain:
             return SegmentResult(0, 0, 0, True, str(exc))
         finally:
             self.current = None
-        self.drained_total += result.sent
         if not result.complete:
+            # Events of the failed chunk that Kafka did acknowledge will be sent again.
+            self.metrics.duplicates.inc(max(0, result.sent - last[0]))
             await self.supervisor.report(Outcome(False, 0, f"drain: {result.error}"))
             return result
         await asyncio.to_thread(write_progress, self.directory, None)

@@ -33,35 +33,39 @@ logger = logging.getLogger(__name__)
 class _Lane:
     """One topic-partition: an open batch, closed batches waiting, one sender task."""
 
-    __slots__ = ("sink", "topic", "partition", "open", "open_fut", "queue", "task")
+    __slots__ = ("sink", "topic", "partition", "producer", "open", "open_fut", "queue", "task")
 
-    def __init__(self, sink: KafkaSink, topic: str, partition: int) -> None:
+    def __init__(self, sink: KafkaSink, topic: str, partition: int, producer: int) -> None:
         self.sink = sink
         self.topic = topic
         self.partition = partition
+        self.producer = producer
         self.open: Any = None
         self.open_fut: asyncio.Future[None] | None = None
         self.queue: deque[tuple[Any, asyncio.Future[None]]] = deque()
         self.task: asyncio.Task[None] | None = None
 
-    def add(self, rec: Record) -> asyncio.Future[None]:
-        if self.open is None or self.open.append(
-            key=rec.key, value=rec.value, timestamp=rec.timestamp_ms, headers=list(rec.headers)
-        ) is None:
-            if self.open is not None:  # full: close it, open another
-                assert self.open_fut is not None
-                self.queue.append((self.open, self.open_fut))
-            self.open = self.sink.producer.create_batch()
-            self.open_fut = asyncio.get_running_loop().create_future()
-            if self.open.append(key=rec.key, value=rec.value, timestamp=rec.timestamp_ms,
-                                headers=list(rec.headers)) is None:  # pragma: no cover - limits prevent this
-                raise SinkError(f"record of {rec.size} bytes does not fit a Kafka batch")
+    def add(self, records: list[Record], out: list[asyncio.Future[None]]) -> None:
+        """Append records to the open batch (opening more as they fill); their futures go to ``out``."""
+        batch, fut = self.open, self.open_fut
+        for rec in records:
+            headers = rec.headers if rec.headers.__class__ is list else list(rec.headers)
+            if batch is None or batch.append(key=rec.key, value=rec.value, timestamp=rec.timestamp_ms,
+                                             headers=headers) is None:
+                if batch is not None:  # full: close it, open another
+                    assert fut is not None
+                    self.queue.append((batch, fut))
+                batch = self.sink.producers[self.producer].create_batch()
+                fut = asyncio.get_running_loop().create_future()
+                if batch.append(key=rec.key, value=rec.value, timestamp=rec.timestamp_ms,
+                                headers=headers) is None:  # pragma: no cover - limits prevent this
+                    raise SinkError(f"record of {rec.size} bytes does not fit a Kafka batch")
+            out.append(fut)  # type: ignore[arg-type]
+        self.open, self.open_fut = batch, fut
         if self.task is None:
             self.task = asyncio.create_task(self._run())
             self.sink.tasks.add(self.task)
             self.task.add_done_callback(self.sink.tasks.discard)
-        assert self.open_fut is not None
-        return self.open_fut
 
     async def _run(self) -> None:
         try:
@@ -74,7 +78,8 @@ class _Lane:
                 else:
                     return
                 try:
-                    kfut = await self.sink.producer.send_batch(batch, self.topic, partition=self.partition)
+                    producer = self.sink.producers[self.producer]
+                    kfut = await producer.send_batch(batch, self.topic, partition=self.partition)
                 except BaseException as exc:
                     _fail(fut, exc)
                     if isinstance(exc, asyncio.CancelledError):
@@ -113,15 +118,21 @@ def _chain(kfut: asyncio.Future[Any], fut: asyncio.Future[None]) -> None:
 
 
 class KafkaSink:
-    """Owns the producer; built in the running loop by :meth:`start`."""
+    """Owns the producers; built in the running loop by :meth:`start`.
+
+    aiokafka keeps one produce request in flight per broker and producer, so with
+    ``kafka.producers`` > 1 more requests are in flight at once; a topic-partition
+    always uses the same producer, so per-partition order (and idempotence) holds.
+    """
 
     def __init__(self, settings: KafkaSettings, on_late_ack: Callable[[int], None] | None = None) -> None:
         self.settings = settings
         #: called with a count when batches given up on (timed out) are acknowledged after all
         self.on_late_ack = on_late_ack
-        self.producer: AIOKafkaProducer = None  # type: ignore[assignment]
+        self.producers: list[AIOKafkaProducer] = []
         self.tasks: set[asyncio.Task[None]] = set()
         self._lanes: dict[tuple[str, int], _Lane] = {}
+        self._key_partition: dict[tuple[str, bytes], int] = {}
         self._started = False
 
     def _build(self) -> AIOKafkaProducer:
@@ -142,14 +153,20 @@ class KafkaSink:
             connections_max_idle_ms=540_000,
         )
 
+    @property
+    def producer(self) -> AIOKafkaProducer:
+        """The first producer: metadata and probes go through it."""
+        return self.producers[0]
+
     async def start(self) -> None:
-        """Build the producer. Never fails for an unreachable Kafka: bootstrap is retried later."""
+        """Build the producers. Never fails for an unreachable Kafka: bootstrap is retried later."""
         if self._started:
             return
         self._started = True
-        self.producer = self._build()
+        self.producers = [self._build() for _ in range(self.settings.producers)]
         try:
-            await asyncio.wait_for(self.producer.start(), self.settings.request_timeout)
+            await asyncio.wait_for(asyncio.gather(*(p.start() for p in self.producers)),
+                                   self.settings.request_timeout)
         except (KafkaError, OSError, asyncio.TimeoutError) as exc:
             logger.warning("kafka sink: Kafka at %s is not reachable at start (%s); buffering to disk",
                            self.settings.bootstrap_servers, exc or type(exc).__name__)
@@ -162,25 +179,27 @@ class KafkaSink:
             task.cancel()
         if self.tasks:
             await asyncio.wait(self.tasks, timeout=5)
-        try:
-            await asyncio.wait_for(self.producer.stop(), self.settings.request_timeout)
-        except (KafkaError, OSError, asyncio.TimeoutError) as exc:
-            logger.warning("kafka sink: producer did not close cleanly: %r", exc)
+        for producer in self.producers:
+            try:
+                await asyncio.wait_for(producer.stop(), self.settings.request_timeout)
+            except (KafkaError, OSError, asyncio.TimeoutError) as exc:
+                logger.warning("kafka sink: producer did not close cleanly: %r", exc)
 
     async def _ensure_bootstrapped(self) -> None:
         # A producer whose start() failed has no sender running: start it again;
         # one whose sender died (a fatal error) is replaced by a new one.
-        task = self.producer._sender.sender_task
-        if task is not None and task.done():
-            logger.warning("kafka sink: producer's sender stopped; building a new producer")
-            old, self.producer = self.producer, self._build()
-            self._lanes.clear()
-            closing = asyncio.create_task(old.stop())
-            self.tasks.add(closing)
-            closing.add_done_callback(self.tasks.discard)
-            task = None
-        if task is None:
-            await self.producer.start()
+        for i, producer in enumerate(self.producers):
+            task = producer._sender.sender_task
+            if task is not None and task.done():
+                logger.warning("kafka sink: producer %d's sender stopped; building a new producer", i)
+                self.producers[i] = self._build()
+                self._lanes = {k: v for k, v in self._lanes.items() if v.producer != i}
+                closing = asyncio.create_task(producer.stop())
+                self.tasks.add(closing)
+                closing.add_done_callback(self.tasks.discard)
+                producer, task = self.producers[i], None
+            if task is None:
+                await producer.start()
 
     async def _partitions(self, topic: str) -> list[int]:
         parts = self.producer.client.cluster.partitions_for_topic(topic)
@@ -188,6 +207,15 @@ class KafkaSink:
             await self._ensure_bootstrapped()
             parts = await self.producer.partitions_for(topic)
         return sorted(parts)
+
+    def _partition_of_key(self, topic: str, key: bytes, parts: list[int]) -> int:
+        cache = self._key_partition
+        p = cache.get((topic, key))
+        if p is None:
+            if len(cache) > 200_000:
+                cache.clear()
+            p = cache[(topic, key)] = parts[(murmur2(key) & 0x7FFFFFFF) % len(parts)]
+        return p
 
     async def submit(self, records: Sequence[Record]) -> list[asyncio.Future[None]]:
         """Put records into batches; return, for each record, the future of its batch.
@@ -203,19 +231,30 @@ class KafkaSink:
                 except (KafkaError, OSError) as exc:
                     raise SinkError(f"no metadata for topic {rec.topic}: {exc!r}") from exc
         sticky = {topic: parts[random.randrange(len(parts))] for topic, parts in partitions.items()}
-        lanes = self._lanes
-        futures: list[asyncio.Future[None]] = []
+        groups: dict[tuple[str, int], list[Record]] = {}
+        lane_of: list[tuple[str, int]] = []
         for rec in records:
+            topic = rec.topic
             if rec.key is None:
-                p = sticky[rec.topic]
+                tp = (topic, sticky[topic])
             else:
-                parts = partitions[rec.topic]
-                p = parts[(murmur2(rec.key) & 0x7FFFFFFF) % len(parts)]
-            lane = lanes.get((rec.topic, p))
+                tp = (topic, self._partition_of_key(topic, rec.key, partitions[topic]))
+            group = groups.get(tp)
+            if group is None:
+                group = groups[tp] = []
+            group.append(rec)
+            lane_of.append(tp)
+        lanes = self._lanes
+        futures_of: dict[tuple[str, int], list[asyncio.Future[None]]] = {}
+        for tp, group in groups.items():
+            lane = lanes.get(tp)
             if lane is None:
-                lane = lanes[(rec.topic, p)] = _Lane(self, rec.topic, p)
-            futures.append(lane.add(rec))
-        return futures
+                lane = lanes[tp] = _Lane(self, tp[0], tp[1], hash(tp) % len(self.producers))
+            futs: list[asyncio.Future[None]] = []
+            lane.add(group, futs)
+            futs.reverse()
+            futures_of[tp] = futs
+        return [futures_of[tp].pop() for tp in lane_of]
 
     async def send_within(self, records: Sequence[Record], timeout: float) -> tuple[list[Record], str | None]:
         """Send and wait at most ``timeout`` seconds for Kafka's acks.

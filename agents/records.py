@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-Headers = tuple[tuple[str, bytes], ...]
+#: a list (not a tuple): aiokafka's record batch builder takes exactly a list
+Headers = list[tuple[str, bytes]] | tuple[tuple[str, bytes], ...]
 
 
 @dataclass(frozen=True, slots=True)

@@ -75,7 +75,7 @@ class Router:
             append(Record(
                 topic=topic,
                 key=None if key is None else _as_bytes(key),
-                headers=tuple((_as_str(k), _as_bytes(v)) for k, v in headers.items()),
+                headers=[(_as_str(k), _as_bytes(v)) for k, v in headers.items()],
                 value=event.body or b"",
                 timestamp_ms=received_ms,
             ))

@@ -194,8 +194,12 @@ class Broker:
 
 async def serves_metadata(bootstrap: str) -> bool:
     """True when the broker answers a metadata request listing at least one broker."""
+    import logging
+
     from aiokafka.client import AIOKafkaClient
     from aiokafka.errors import KafkaError
+
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # "unable to connect" is the expected answer here
 
     client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=3000,
                             metadata_max_age_ms=1000, connections_max_idle_ms=5000)

@@ -17,6 +17,7 @@ import dataclasses
 import fnmatch
 import os
 import re
+import ssl
 import tomllib
 import typing
 from collections.abc import Mapping
@@ -48,6 +49,7 @@ class KafkaSettings:
     max_batch_bytes: Size = Size(1_000_000)
     compression: Literal["none", "gzip", "lz4", "zstd"] = "none"
     metadata_max_age: Duration = Duration(30.0)
+    producers: int = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +64,12 @@ class ThriftSettings:
     max_header_bytes: Size = Size(16_384)
     max_connections: int = 1024
     idle_timeout: Duration = Duration(300.0)
+    frame_timeout: Duration = Duration(30.0)
+    max_inflight_events_per_connection: int = 100_000
+    tls_certfile: str = ""
+    tls_keyfile: str = ""
+    tls_cafile: str = ""
+    tls_verify_client: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,12 +282,49 @@ def _validate(s: Settings) -> None:
             raise ConfigError(key, f"{port} is not a TCP port")
     if s.source.thrift.max_frame_bytes < 64:
         raise ConfigError("source.thrift.max_frame_bytes", "must be at least 64")
+    _validate_thrift(s.source.thrift)
     if s.kafka.max_batch_bytes > 1_000_000 and s.source.thrift.max_event_bytes > 1_000_000:
         raise ConfigError("source.thrift.max_event_bytes", "must fit Kafka's default message.max.bytes")
+    if not 1 <= s.kafka.producers <= 64:
+        raise ConfigError("kafka.producers", "must be between 1 and 64")
     if s.failover.timeout <= 0:
         raise ConfigError("failover.timeout", "must be positive")
     if s.buffer.max_bytes < s.source.thrift.max_event_bytes:
         raise ConfigError("buffer.max_bytes", "must hold at least one event")
+
+
+def _validate_thrift(t: ThriftSettings) -> None:
+    for key, value in (("max_connections", t.max_connections),
+                       ("max_inflight_events_per_connection", t.max_inflight_events_per_connection)):
+        if value < 1:
+            raise ConfigError(f"source.thrift.{key}", "must be at least 1")
+    if t.tls_keyfile and not t.tls_certfile:
+        raise ConfigError("source.thrift.tls_keyfile", "is set but source.thrift.tls_certfile is not")
+    if t.tls_verify_client and not t.tls_certfile:
+        raise ConfigError("source.thrift.tls_verify_client", "needs source.thrift.tls_certfile (TLS)")
+    if t.tls_verify_client and not t.tls_cafile:
+        raise ConfigError("source.thrift.tls_cafile", "must name the CA file that signs client certificates "
+                          "when source.thrift.tls_verify_client is true")
+    if t.tls_cafile and not t.tls_verify_client:
+        raise ConfigError("source.thrift.tls_cafile", "is set but source.thrift.tls_verify_client is false "
+                          "(client certificates would not be checked)")
+    for key in ("tls_certfile", "tls_keyfile", "tls_cafile"):
+        path = getattr(t, key)
+        if path and not os.path.isfile(path):
+            raise ConfigError(f"source.thrift.{key}", f"no such file: {path}")
+        if path and not os.access(path, os.R_OK):
+            raise ConfigError(f"source.thrift.{key}", f"not readable: {path}")
+    if t.tls_certfile:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            ctx.load_cert_chain(t.tls_certfile, t.tls_keyfile or None)
+        except ssl.SSLError as exc:
+            raise ConfigError("source.thrift.tls_certfile", f"certificate and key do not load: {exc}") from None
+        if t.tls_cafile:
+            try:
+                ctx.load_verify_locations(cafile=t.tls_cafile)
+            except ssl.SSLError as exc:
+                raise ConfigError("source.thrift.tls_cafile", f"CA certificates do not load: {exc}") from None
 
 
 def load_settings(path: str | os.PathLike[str] | None = None,

@@ -25,7 +25,7 @@ def test_event_goes_to_topic_named_by_header_with_key_and_all_headers() -> None:
 
 def test_event_without_topic_header_goes_to_default_topic_without_key() -> None:
     [rec] = Router(RouterSettings(default_topic="fallback")).route([Ev(None, None)], 1)
-    assert (rec.topic, rec.key, rec.value, rec.headers) == ("fallback", None, b"", ())
+    assert (rec.topic, rec.key, rec.value, list(rec.headers)) == ("fallback", None, b"", [])
 
 
 def test_header_names_are_configurable() -> None:
