@@ -25,3 +25,45 @@ class Throttled:
             msg += " (%d more like this in the last %.0fs)"
             args = (*args, suppressed, self.interval)
         self.logger.log(level, msg, *args)
+
+
+class ThrottleFilter(logging.Filter):
+    """A logging filter: each distinct message template passes at most once per interval.
+
+    Installed on the chatty libraries' loggers (aiokafka logs every reconnect attempt at
+    ERROR during an outage), so an outage costs a few lines a minute, not a line a retry.
+    """
+
+    def __init__(self, prefixes: tuple[str, ...], interval: float = 30.0) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+        self.interval = interval
+        self._last: dict[tuple[str, str], float] = {}
+        self._suppressed: dict[tuple[str, str], int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(self.prefixes):
+            return True
+        key = (record.name, str(record.msg)[:120])
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return False
+        if len(self._last) > 10_000:
+            self._last.clear()
+        self._last[key] = now
+        suppressed = self._suppressed.pop(key, 0)
+        if suppressed:
+            record.msg = f"{record.msg} ({suppressed} more like this in the last {self.interval:.0f}s)"
+        return True
+
+
+def throttle_library_logs(prefixes: tuple[str, ...] = ("aiokafka",), interval: float = 30.0) -> None:
+    """Install a ThrottleFilter on every handler of the root logger (idempotent).
+
+    On handlers, not loggers: a logger's filters do not apply to its children
+    (``aiokafka.client``, ``aiokafka.producer.sender``, ...)."""
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, ThrottleFilter) for f in handler.filters):
+            handler.addFilter(ThrottleFilter(prefixes, interval))
