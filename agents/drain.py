@@ -165,18 +165,22 @@ async def drain_segment(path: Path, sender: Sender, *, start: int = HEADER_LEN, 
                         archive_before_ms: int | None = None, archive_dir: Path | None = None,
                         on_chunk: Callable[[int, int, int], None] | None = None,
                         before_chunk: Callable[[int, int, int], None] | None = None,
-                        dry_run: bool = False, counts: dict[str, int] | None = None) -> SegmentResult:
+                        dry_run: bool = False, counts: dict[str, int] | None = None,
+                        deadline: float | None = None) -> SegmentResult:
     """Send one segment's events from ``start`` to Kafka, each to its own topic.
 
     ``keep`` filters (replay's --topic/--since/--until; the rest is skipped);
     events received before ``archive_before_ms`` go to ``archive_dir`` instead.
     ``before_chunk(first, end, n)`` runs before a chunk is sent, ``on_chunk(end,
     sent, archived)`` after it is acknowledged. Stops at the first chunk Kafka does
-    not acknowledge (``complete=False``, ``error`` set).
+    not acknowledge (``complete=False``, ``error`` set), or when the monotonic clock
+    passes ``deadline`` (``complete=False``, no error: call again to go on).
     """
     sent = archived = skipped = 0
     chunks = _chunks(path, start, batch_events)
     while True:
+        if deadline is not None and time.monotonic() > deadline:
+            return SegmentResult(sent, archived, skipped, False)
         item = await asyncio.to_thread(next, chunks, None)
         if item is None:
             return SegmentResult(sent, archived, skipped, True)
@@ -243,16 +247,18 @@ class Drain:
                 return 0
             await self.buffer.roll()
             total = 0
+            # Work for about one timer interval, then let the timer call again: progress is durable.
+            deadline = time.monotonic() + max(0.2, self.settings.interval * 0.8)
             for path in self.buffer.closed_segments():
                 if not self.supervisor.failover.kafka_usable:
                     break
-                result = await self._drain(path)
+                result = await self._drain(path, deadline)
                 total += result.sent
                 if not result.complete:
                     break
             return total
 
-    async def _drain(self, path: Path) -> SegmentResult:
+    async def _drain(self, path: Path, deadline: float | None = None) -> SegmentResult:
         progress = await asyncio.to_thread(read_progress, self.directory)
         start = HEADER_LEN
         if progress is not None and progress.segment == path.name:
@@ -263,7 +269,7 @@ class Drain:
                 logger.warning("drain: resuming %s at byte %d; %d events of the chunk in flight at the last "
                                "stop may reach Kafka twice", path.name, start, progress.inflight_events)
         self._checked_crash = True
-        if start == HEADER_LEN:
+        if start == HEADER_LEN and progress is None:
             logger.info("drain: starting %s (%d events)", path.name, self.buffer.segment_events(path))
         self.current = path.name
         max_age_ms = int(self.settings.max_age * 1000)
@@ -293,13 +299,16 @@ class Drain:
                 result = await drain_segment(
                     path, self.sink, start=start, batch_events=self.settings.batch_events, timeout=self.timeout,
                     limiter=self.limiter, archive_before_ms=int(time.time() * 1000) - max_age_ms,
-                    archive_dir=self.settings.archive_directory, before_chunk=before, on_chunk=counted)
+                    archive_dir=self.settings.archive_directory, before_chunk=before, on_chunk=counted,
+                    deadline=deadline)
         except CorruptRecord as exc:
             # Recovery ran at start, so this is damage that happened since; keep the file, go on.
             logger.error("drain: %s; moving on to the next segment", exc)
             return SegmentResult(0, 0, 0, True, str(exc))
         finally:
             self.current = None
+        if not result.complete and result.error is None:
+            return result  # out of time for this tick; the next one resumes from the progress file
         if not result.complete:
             # Events of the failed chunk that Kafka did acknowledge will be sent again.
             self.metrics.duplicates.inc(max(0, result.sent - last[0]))

@@ -8,3 +8,4 @@ command -v "$PY" >/dev/null || PY=python3
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
 .venv/bin/python -m devtools.kafka fetch >/dev/null
+bash scripts/install-chromium.sh   # Debian's chromium, for the status page test (root: apt-get)

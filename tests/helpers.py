@@ -166,7 +166,8 @@ class TcpProxy:
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
         self.port = free_port()
-        self.mode = "pass"  # pass | stall | cut
+        self.mode = "pass"  # pass | stall | slow | cut
+        self.delay = 0.3
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
@@ -209,6 +210,8 @@ class TcpProxy:
                 while data := await src.read(65536):
                     while self.mode == "stall":  # hold the bytes: the peer sees silence
                         await asyncio.sleep(0.05)
+                    if self.mode == "slow":  # a congested link: every chunk arrives late
+                        await asyncio.sleep(self.delay)
                     if self.mode == "cut":
                         break
                     dst.write(data)
@@ -225,6 +228,11 @@ class TcpProxy:
     def stall(self) -> None:
         """Keep connections open and accept new ones, but pass no bytes."""
         self.mode = "stall"
+
+    def slow(self, delay: float = 0.3) -> None:
+        """Pass bytes, each chunk ``delay`` seconds late."""
+        self.delay = delay
+        self.mode = "slow"
 
     def restore(self) -> None:
         self.mode = "pass"

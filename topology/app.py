@@ -79,7 +79,7 @@ async def supervisor(stream: faust.StreamT[Outcome]) -> None:
     async for outcome in stream:
         if pipeline is not None:
             try:
-                await pipeline.supervisor.observe(outcome)
+                await pipeline.kafka_supervisor.observe(outcome)
             except Exception:
                 logger.exception("supervisor: could not apply %r", outcome)
 
@@ -89,7 +89,7 @@ async def probe() -> None:
     """Probes a parked Kafka when its penalty is over."""
     if pipeline is not None:
         try:
-            await pipeline.supervisor.tick()
+            await pipeline.kafka_supervisor.tick()
         except Exception:
             logger.exception("probe timer: unexpected error")
 

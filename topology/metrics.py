@@ -7,7 +7,9 @@ Stages increment per batch, never per event.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
+
+disable_created_metrics()  # no *_created series beside every counter
 
 
 class Metrics:
@@ -39,8 +41,15 @@ class Metrics:
         self.buffer_segments = Gauge("spillway_buffer_segments", "Segment files in the disk buffer", registry=r)
         self.buffer_oldest_age = Gauge("spillway_buffer_oldest_event_age_seconds",
                                        "Age of the oldest buffered event", registry=r)
+        self.buffer_max_bytes = Gauge("spillway_buffer_max_bytes", "The disk buffer's byte budget (buffer.max_bytes)",
+                                      registry=r)
         self.quarantined = Counter("spillway_buffer_quarantined_records",
                                    "Buffer records that failed their CRC and were moved aside", registry=r)
+
+        for reason in ("topic", "batch_too_large", "event_too_large", "too_many_headers", "headers_too_large"):
+            self.refused.labels(reason=reason)  # present from the start, at 0
+        for sink in ("kafka", "disk"):
+            self.acked.labels(sink=sink)
 
     def counters(self) -> dict[str, float]:
         """Every sample as ``name{labels}`` → value, for /status."""

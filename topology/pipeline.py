@@ -56,14 +56,15 @@ class Pipeline(Service):
         self.ingress = ingress
         self.outcomes = outcomes
         self.metrics = Metrics()
+        self.metrics.buffer_max_bytes.set(settings.buffer.max_bytes)
         self.router = Router(settings.router)
         self.sink = KafkaSink(settings.kafka, on_late_ack=self.metrics.duplicates.inc)
         b = settings.buffer
         self.buffer = DiskBuffer(b.directory, max_bytes=b.max_bytes, segment_max_bytes=b.segment_max_bytes,
                                  segment_max_age=b.segment_max_age, fsync=b.fsync)
-        self.supervisor = Supervisor(settings.failover, self.sink, self.buffer, self.metrics,
+        self.kafka_supervisor = Supervisor(settings.failover, self.sink, self.buffer, self.metrics,
                                      report=self._report)
-        self.drain = Drain(settings.drain, self.buffer, self.sink, self.supervisor, self.metrics)
+        self.drain = Drain(settings.drain, self.buffer, self.sink, self.kafka_supervisor, self.metrics)
         self.source = ThriftSource(settings.source.thrift, self.handle, self.metrics)
         self.started_at = time.time()
         self._inflight: set[asyncio.Task[None]] = set()
@@ -141,7 +142,7 @@ class Pipeline(Service):
 
     async def _deliver(self, records: Sequence[Any], reply: asyncio.Future[int]) -> None:
         try:
-            status = await self.supervisor.deliver(records)
+            status = await self.kafka_supervisor.deliver(records)
         except BaseException as exc:  # answer FAILED, never OK, for anything unforeseen
             logger.exception("delivery failed unexpectedly; answering FAILED")
             self.metrics.failed.inc(len(records))

@@ -1,16 +1,167 @@
-"""Web views: /health, /ready, /status, /metrics."""
+"""Web views: the status page (/), /health, /ready, /status, /status/history, /metrics.
+
+``/status/history`` is a ring buffer of one :class:`Sample` a second over the last ten
+minutes (rates of the pipeline's counters, buffer depth, whether Kafka takes live
+traffic), kept by the :func:`sample_history` timer. ``/status`` carries the latest
+sample as ``rates``. The page at ``/`` is ``status_page.html``: one self-contained file
+(no external assets) that polls both every second.
+"""
 
 from __future__ import annotations
 
+import logging
 import time
-from typing import Any
+from collections import deque
+from importlib import resources
+from typing import Any, NamedTuple
 
+import faust
 from faust import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from agents.supervisor import SinkState
 from topology import app as topo
+from topology.pipeline import Pipeline
+from topology.ratelog import Throttled
 
-app = topo.app
+logger = logging.getLogger(__name__)
+app: faust.App = topo.app
+
+HISTORY_SECONDS = 600
+SAMPLE_INTERVAL = 1.0
+
+
+# -- history: pure, one sample a second ----------------------------------------------------------
+
+class Totals(NamedTuple):
+    """The counters the history turns into rates."""
+
+    received: float
+    acked_kafka: float
+    acked_disk: float
+    drained: float
+
+
+class Sample(NamedTuple):
+    time: float  # wall clock, seconds since the epoch
+    received_per_second: float
+    acked_kafka_per_second: float
+    acked_disk_per_second: float
+    drained_per_second: float
+    buffer_bytes: int
+    buffer_events: int
+    sink_up: int  # 1 while live traffic goes to Kafka, 0 while Kafka is parked
+
+
+def totals(counters: dict[str, float]) -> Totals:
+    """Sums the labelled samples of :meth:`Metrics.counters` into :class:`Totals`."""
+
+    def total(name: str) -> float:
+        return sum(v for k, v in counters.items() if k == name or k.startswith(name + "{"))
+
+    return Totals(total("spillway_events_received_total"),
+                  counters.get("spillway_events_acked_total{sink=kafka}", 0.0),
+                  counters.get("spillway_events_acked_total{sink=disk}", 0.0),
+                  total("spillway_events_drained_total"))
+
+
+class History:
+    """The last ``seconds`` samples. Each rate is a counter's increase over the time elapsed
+    since the previous observation, so a late timer tick gives the right rate, not a spike."""
+
+    def __init__(self, seconds: int = HISTORY_SECONDS) -> None:
+        self.samples: deque[Sample] = deque(maxlen=seconds)
+        self._previous: tuple[float, Totals] | None = None
+
+    def begin(self, mono: float, counts: Totals) -> None:
+        """Set the baseline the first rates are measured from (once; later calls do nothing)."""
+        if self._previous is None:
+            self._previous = (mono, counts)
+
+    def observe(self, wall: float, mono: float, counts: Totals, buffer_bytes: int, buffer_events: int,
+                sink_up: bool) -> Sample | None:
+        """Record one observation. Without a baseline (:meth:`begin`) the first one only sets it
+        and returns None."""
+        previous, self._previous = self._previous, (mono, counts)
+        if previous is None or mono <= previous[0]:
+            return None
+        elapsed, before = mono - previous[0], previous[1]
+
+        def rate(now: float, then: float) -> float:
+            return round(max(0.0, now - then) / elapsed, 1)
+
+        sample = Sample(round(wall, 3), rate(counts.received, before.received),
+                        rate(counts.acked_kafka, before.acked_kafka), rate(counts.acked_disk, before.acked_disk),
+                        rate(counts.drained, before.drained), buffer_bytes, buffer_events, int(sink_up))
+        self.samples.append(sample)
+        return sample
+
+    def latest(self) -> Sample | None:
+        return self.samples[-1] if self.samples else None
+
+    def since(self, t: float) -> list[Sample]:
+        """Samples strictly newer than ``t`` (wall clock), oldest first."""
+        out: list[Sample] = []
+        for s in reversed(self.samples):
+            if s.time <= t:
+                break
+            out.append(s)
+        out.reverse()
+        return out
+
+
+history = History()
+_throttled = Throttled(logger, interval=60.0)
+_sampler_failed = False  # the first failure is logged with its traceback, later ones throttled
+
+
+def observe(p: Pipeline, h: History = history) -> Sample | None:
+    wall, mono = time.time(), time.monotonic()
+    # The counters start at zero with the pipeline, so the first sample counts what came in
+    # before the timer's first tick.
+    h.begin(mono - max(0.0, wall - p.started_at), Totals(0.0, 0.0, 0.0, 0.0))
+    b = p.buffer.stats()
+    return h.observe(wall, mono, totals(p.metrics.counters()), b.bytes, b.events,
+                     p.kafka_supervisor.failover.state is SinkState.UP)
+
+
+@app.timer(interval=SAMPLE_INTERVAL)
+async def sample_history() -> None:
+    """Adds one sample a second to :data:`history`; never raises (that would stop the worker)."""
+    global _sampler_failed
+    p = topo.pipeline
+    if p is None:
+        return
+    try:
+        observe(p)
+    except Exception as exc:
+        if not _sampler_failed:
+            _sampler_failed = True
+            logger.exception("status history: could not take a sample")
+        else:
+            _throttled.log(logging.ERROR, "sample", "status history: could not take a sample: %r", exc)
+
+
+# -- views ---------------------------------------------------------------------------------------
+
+def _load_page() -> str | None:
+    try:
+        return resources.files("topology").joinpath("status_page.html").read_text(encoding="utf-8")
+    except OSError:
+        logger.warning("status page: topology/status_page.html is not installed; / will answer 503")
+        return None
+
+
+STATUS_PAGE = _load_page()
+NO_CACHE = {"Cache-Control": "no-store"}
+OLDEST_AGE = "spillway_buffer_oldest_event_age_seconds"
+
+
+@app.page("/")
+async def status_page(self: web.View, request: web.Request) -> web.Response:
+    if STATUS_PAGE is None:
+        return self.text("status page not installed (topology/status_page.html); see /status\n", status=503)
+    return self.html(STATUS_PAGE, headers=dict(NO_CACHE))
 
 
 @app.page("/health")
@@ -30,39 +181,64 @@ def status_document() -> dict[str, Any]:
     if p is None:
         return {"state": "starting"}
     now = time.monotonic()
-    f = p.supervisor.failover
+    f = p.kafka_supervisor.failover
     p.refresh_gauges()
     b = p.buffer.stats()
     counters = p.metrics.counters()
+    latest = history.latest()
+
+    def count(name: str) -> int:  # counters are whole numbers; JSON shows them as such
+        return int(counters.get(name, 0))
+
     return {
         "state": "running" if p.source.listening else "stopping",
         "uptime_seconds": round(time.time() - p.started_at, 1),
         "source": {"port": p.source.port, "protocol": p.settings.source.thrift.protocol,
-                   "connections": counters.get("spillway_source_connections", 0)},
+                   "connections": count("spillway_source_connections")},
         "sink": {"state": f.state.value, "failures": f.failures,
                  "penalty_seconds": round(f.current_penalty(now), 2),
+                 "parked_for_seconds": None if f.parked_since is None else round(now - f.parked_since, 1),
+                 "max_penalty_seconds": float(p.settings.failover.max_penalty),
                  "bootstrap_servers": p.settings.kafka.bootstrap_servers},
         "buffer": {"directory": str(p.settings.buffer.directory), "bytes": b.bytes, "events": b.events,
                    "segments": b.segments, "max_bytes": p.settings.buffer.max_bytes,
-                   "oldest_event_age_seconds": counters.get("spillway_buffer_oldest_event_age_seconds", 0),
+                   "oldest_event_age_seconds": round(counters.get(OLDEST_AGE, 0.0), 1),
                    "fsyncs": b.fsyncs, "quarantined_records": b.quarantined_records},
         "drain": {"segment": p.drain.current, "drained_total": p.drain.drained_total,
-                  "archived_total": counters.get("spillway_events_archived_total", 0)},
+                  "archived_total": count("spillway_events_archived_total"),
+                  "max_age_seconds": float(p.settings.drain.max_age)},
         "counters": {
-            "received": counters.get("spillway_events_received_total{source=thrift}", 0),
-            "acked_kafka": counters.get("spillway_events_acked_total{sink=kafka}", 0),
-            "acked_disk": counters.get("spillway_events_acked_total{sink=disk}", 0),
-            "refused": sum(v for k, v in counters.items() if k.startswith("spillway_events_refused_total")),
-            "failed": counters.get("spillway_events_failed_total", 0),
-            "bad_frames": counters.get("spillway_bad_frames_total", 0),
-            "duplicates": counters.get("spillway_duplicates_total", 0),
+            "received": int(totals(counters).received),  # every source
+            "acked_kafka": count("spillway_events_acked_total{sink=kafka}"),
+            "acked_disk": count("spillway_events_acked_total{sink=disk}"),
+            "drained": count("spillway_events_drained_total"),
+            "refused": int(sum(v for k, v in counters.items() if k.startswith("spillway_events_refused_total"))),
+            "failed": count("spillway_events_failed_total"),
+            "bad_frames": count("spillway_bad_frames_total"),
+            "duplicates": count("spillway_duplicates_total"),
+            "sink_errors": count("spillway_sink_errors_total"),
         },
+        "rates": None if latest is None else latest._asdict(),
     }
 
 
 @app.page("/status")
 async def status(self: web.View, request: web.Request) -> web.Response:
-    return self.json(status_document())
+    return self.json(status_document(), headers=dict(NO_CACHE))
+
+
+@app.page("/status/history")
+async def status_history(self: web.View, request: web.Request) -> web.Response:
+    """``{"interval_seconds", "window_seconds", "samples": [...]}``, oldest first; ``?since=T``
+    (wall-clock seconds, the ``time`` of the last sample a client holds) returns only newer ones."""
+    since = request.query.get("since")
+    try:
+        after = float(since) if since else 0.0
+    except ValueError:
+        return self.error(400, "since must be a number of seconds since the epoch")
+    samples = history.since(after) if after else list(history.samples)
+    return self.json({"interval_seconds": SAMPLE_INTERVAL, "window_seconds": HISTORY_SECONDS,
+                      "samples": [s._asdict() for s in samples]}, headers=dict(NO_CACHE))
 
 
 @app.page("/metrics")
