@@ -301,10 +301,19 @@ class Drain:
                     limiter=self.limiter, archive_before_ms=int(time.time() * 1000) - max_age_ms,
                     archive_dir=self.settings.archive_directory, before_chunk=before, on_chunk=counted,
                     deadline=deadline)
+                if result.complete:
+                    # Deleted while still locked, so a replay cannot take it in between.
+                    await asyncio.to_thread(write_progress, self.directory, None)
+                    try:
+                        await self.buffer.delete_segment(path)
+                    except BufferError as exc:
+                        logger.error("drain: %s", exc)
         except CorruptRecord as exc:
-            # Recovery ran at start, so this is damage that happened since; keep the file, go on.
-            logger.error("drain: %s; moving on to the next segment", exc)
-            return SegmentResult(0, 0, 0, True, str(exc))
+            # Damage since start-up recovery: quarantine it the same way; records before it keep
+            # their offsets, so the recorded progress stays valid and the next tick goes on.
+            logger.error("drain: %s; recovering the segment", exc)
+            await self.buffer.recover(path)
+            return SegmentResult(0, 0, 0, False, None)
         finally:
             self.current = None
         if not result.complete and result.error is None:
@@ -314,10 +323,5 @@ class Drain:
             self.metrics.duplicates.inc(max(0, result.sent - last[0]))
             await self.supervisor.report(Outcome(False, 0, f"drain: {result.error}"))
             return result
-        await asyncio.to_thread(write_progress, self.directory, None)
-        try:
-            await self.buffer.delete_segment(path)
-        except BufferError as exc:
-            logger.error("drain: %s", exc)
         logger.info("drain: %s done (%d sent, %d archived)", path.name, result.sent, result.archived)
         return result

@@ -168,7 +168,7 @@ class KafkaSink:
             await asyncio.wait_for(asyncio.gather(*(p.start() for p in self.producers)),
                                    self.settings.request_timeout)
         except (KafkaError, OSError, asyncio.TimeoutError) as exc:
-            logger.warning("kafka sink: Kafka at %s is not reachable at start (%s); buffering to disk",
+            logger.warning("kafka sink: Kafka at %s is not reachable at start (%s)",
                            self.settings.bootstrap_servers, exc or type(exc).__name__)
 
     async def stop(self) -> None:

@@ -1,1 +1,0 @@
-"""CLI commands (``spillway <command>``): replay, buffer, send, check-config."""
