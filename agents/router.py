@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import Any
 
 from agents.records import Record
 from topology.errors import RoutingError
@@ -18,11 +18,14 @@ from topology.settings import TOPIC_RE, RouterSettings
 logger = logging.getLogger(__name__)
 
 
-class FlumeEvent(Protocol):
-    """What the source hands in: Flume's ThriftFlumeEvent (headers, body)."""
+#: One Flume event as the source hands it in: its headers as ``(name, value)`` pairs in
+#: wire order (ready to be Kafka record headers) and its body.
+Event = tuple[list[tuple[str, bytes]], bytes]
 
-    headers: Mapping[str, str | bytes] | None
-    body: bytes | None
+
+def from_thrift(event: Any) -> Event:
+    """A thriftpy2 ``ThriftFlumeEvent`` (the general decoding path) as an :data:`Event`."""
+    return ([(_as_str(k), _as_bytes(v)) for k, v in (event.headers or {}).items()], event.body or b"")
 
 
 def _as_bytes(value: str | bytes) -> bytes:
@@ -39,6 +42,7 @@ class Router:
     def __init__(self, settings: RouterSettings) -> None:
         self.settings = settings
         self._verdicts: dict[str, str | None] = {}  # topic -> None if allowed, else the reason
+        self._names: dict[bytes, str] = {}  # topic header value -> topic name
 
     def check_topic(self, topic: str) -> None:
         try:
@@ -59,24 +63,36 @@ class Router:
             return f"topic {topic!r} is not in router.allowed_topics"
         return None
 
-    def route(self, events: Sequence[FlumeEvent], received_ms: int) -> list[Record]:
+    def route(self, events: Sequence[Event], received_ms: int) -> list[Record]:
         """Route a whole batch, or raise RoutingError for its first refused event."""
         topic_header = self.settings.topic_header
         key_header = self.settings.key_header
         default_topic = self.settings.default_topic
+        verdicts = self._verdicts
         records: list[Record] = []
         append = records.append
         for event in events:
-            headers = event.headers or {}
-            topic = headers.get(topic_header)
-            topic = default_topic if topic is None else _as_str(topic)
-            self.check_topic(topic)
-            key = headers.get(key_header)
-            append(Record(
-                topic=topic,
-                key=None if key is None else _as_bytes(key),
-                headers=[(_as_str(k), _as_bytes(v)) for k, v in headers.items()],
-                value=event.body or b"",
-                timestamp_ms=received_ms,
-            ))
+            headers, body = event if event.__class__ is tuple else from_thrift(event)
+            topic = key = None
+            for name, value in headers:
+                if name == topic_header:
+                    topic = value
+                elif name == key_header:
+                    key = value
+            if topic is None:
+                topic_name = default_topic
+            else:
+                topic_name = self._names.get(topic) or self._topic_name(topic)
+            if verdicts.get(topic_name, _UNJUDGED) is not None:
+                self.check_topic(topic_name)
+            append(Record(topic_name, key, headers, body, received_ms))
         return records
+
+    def _topic_name(self, raw: bytes) -> str:
+        name = raw.decode("utf-8", "replace")
+        if len(self._names) < 100_000:
+            self._names[raw] = name
+        return name
+
+
+_UNJUDGED = object()
