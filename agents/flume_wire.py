@@ -40,7 +40,7 @@ _NAMES: dict[bytes, str] = {}
 def _name(raw: bytes) -> str:
     name = _NAMES.get(raw)
     if name is None:
-        name = raw.decode("utf-8", "surrogateescape")
+        name = raw.decode("utf-8", "replace")  # Kafka header names are UTF-8 strings
         if len(_NAMES) < 4096:
             _NAMES[raw] = name
     return name

@@ -71,8 +71,7 @@ class Router:
         verdicts = self._verdicts
         records: list[Record] = []
         append = records.append
-        for event in events:
-            headers, body = event if event.__class__ is tuple else from_thrift(event)
+        for headers, body in events:
             topic = key = None
             for name, value in headers:
                 if name == topic_header:
