@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 #: a list (not a tuple): aiokafka's record batch builder takes exactly a list
 Headers = list[tuple[str, bytes]] | tuple[tuple[str, bytes], ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+class Record(NamedTuple):
     """One event, routed: everything needed to send it to Kafka now or years later.
+
+    A NamedTuple rather than a frozen dataclass: one is built per event on the hot path,
+    and a tuple is built in about half the time.
 
     ``headers`` are all the event's headers (Kafka record headers), ``timestamp_ms``
     is the time spillway received it (epoch milliseconds).

@@ -59,7 +59,7 @@ class CountingSender:
             raise RuntimeError("a dry run sends nothing")
         now = time.time_ns() // 1_000_000
         if self.restamp:
-            records = [dataclasses.replace(r, timestamp_ms=now) for r in records]
+            records = [r._replace(timestamp_ms=now) for r in records]
         left, error = await self.sink.send_within(records, timeout)
         for rec in records:
             self.acked[rec.topic] = self.acked.get(rec.topic, 0) + 1
