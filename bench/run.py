@@ -370,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
             w = Spillway(work / "down", f"127.0.0.1:{free_port()}").start()
             try:
                 results["kafka_down"] = load(w.thrift_port, args.seconds, args, watch=w.proc.pid if w.proc else None)
+                buf = w.status()["buffer"]
+                results["kafka_down"]["disk_bytes_per_event"] = round(buf["bytes"] / max(1, buf["events"]), 1)
             finally:
                 w.stop()
         if want("aiokafka"):
@@ -435,6 +437,10 @@ def report(results: dict[str, Any], write: bool) -> None:
         f"flume file channel {_ratio(h, results.get('flume_file'))}; "
         f"kafka down / healthy {_ratio(results.get('kafka_down'), h)}.",
     ]
+    down = results.get("kafka_down")
+    if down and down.get("disk_bytes_per_event"):
+        lines += ["", f"Disk buffer: {down['disk_bytes_per_event']} bytes on disk per {results['args']['size']} B event "
+                  "(body, topic, key, headers, receive time, framing and CRC)."]
     d = results.get("drain")
     if d:
         live = d["live"]["events_per_second"]
