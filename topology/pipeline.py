@@ -29,7 +29,7 @@ from agents.supervisor import Outcome, Supervisor
 from agents.thrift_source import Status, ThriftSource, now_ms
 from topology.errors import RoutingError
 from topology.metrics import Metrics
-from topology.ratelog import Throttled, throttle_library_logs
+from topology.ratelog import Throttled, drop_debug_overhead, throttle_library_logs
 from topology.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -74,6 +74,7 @@ class Pipeline(Service):
         self._reply_guard = settings.failover.timeout * 2 + 30.0
 
     async def on_start(self) -> None:
+        drop_debug_overhead()
         throttle_library_logs()
         await self.buffer.start()
         await self.sink.start()
