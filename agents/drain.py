@@ -226,7 +226,7 @@ class Drain:
         self.sink = sink
         self.supervisor = supervisor
         self.metrics = metrics
-        self.timeout = timeout if timeout is not None else supervisor.settings.timeout
+        self.timeout = timeout if timeout is not None else settings.timeout
         self.limiter = RateLimiter(settings.max_events_per_second)
         self._lock = asyncio.Lock()
         self.current: str | None = None

@@ -41,7 +41,7 @@ def _name(raw: bytes) -> str:
     name = _NAMES.get(raw)
     if name is None:
         name = raw.decode("utf-8", "replace")  # Kafka header names are UTF-8 strings
-        if len(_NAMES) < 4096:
+        if len(_NAMES) < 4096 and len(raw) <= 64:  # short names only: the cache must stay small
             _NAMES[raw] = name
     return name
 
@@ -118,6 +118,7 @@ def decode_compact(data: bytes) -> tuple[str, int, list[Event]]:
         if data[0] != 0x82 or data[1] & 0x1F != 1 or data[1] >> 5 != _CALL:
             raise Unusual("not a compact CALL")
         seqid, pos = _varint(data, 2)
+        seqid &= 0xFFFFFFFF  # a varint32 on the wire; never echo more than 32 bits
         n, pos = _varint(data, pos)
         name = data[pos:pos + n]
         pos += n

@@ -49,7 +49,7 @@ class Router:
             reason = self._verdicts[topic]
         except KeyError:
             reason = self._judge(topic)
-            if len(self._verdicts) < 100_000:
+            if len(self._verdicts) < 100_000 and len(topic) <= 249:  # bounded: never a giant refused name
                 self._verdicts[topic] = reason
         if reason is not None:
             raise RoutingError(reason, topic=topic)
@@ -89,7 +89,7 @@ class Router:
 
     def _topic_name(self, raw: bytes) -> str:
         name = raw.decode("utf-8", "replace")
-        if len(self._names) < 100_000:
+        if len(self._names) < 100_000 and len(raw) <= 249:
             self._names[raw] = name
         return name
 

@@ -14,8 +14,9 @@ connection silent for ``idle_timeout`` is closed, a frame must arrive whole with
 ``idle_timeout`` close it too; calls on a connection run one at a time (see
 ``check_limits`` for what that means for ``max_inflight_events_per_connection``).
 Optional TLS (``tls_certfile``...), with client certificates when
-``tls_verify_client``. Every closed connection is counted by reason in
-``ThriftSource.closed``.
+``tls_verify_client``; the loop does the handshake (within ``frame_timeout``) before a
+connection reaches ``_accept``, so a failed handshake is neither counted nor logged here.
+Every other closed connection is counted by reason in ``ThriftSource.closed``.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ Handler = Callable[[Sequence[Any]], Awaitable[int]]
 
 #: Why the server closed a connection (the ``reason`` of ``ThriftSource.closed``).
 CLOSE_REASONS: Final = ("client_closed", "bad_frame", "idle_timeout", "frame_timeout", "write_timeout",
-                        "max_connections", "tls_handshake", "shutdown")
+                        "max_connections", "shutdown")
 TLS_HANDSHAKE_TIMEOUT: Final = 30.0  # when frame_timeout is 0 (off)
 
 
@@ -555,12 +556,16 @@ class ThriftSource(Service):
     async def on_start(self) -> None:
         s = self.settings
         self._ssl = server_ssl_context(s)
-        self._server = await asyncio.start_server(self._accept, s.host, s.port, backlog=1024)
+        # The loop does TLS from the first byte (``start_tls`` from the connection's task races
+        # the loop's first read: uvloop can hand a ClientHello to the plain stream first).
+        tls: dict[str, Any] = {} if self._ssl is None else {
+            "ssl": self._ssl, "ssl_handshake_timeout": s.frame_timeout or TLS_HANDSHAKE_TIMEOUT}
+        self._server = await asyncio.start_server(self._accept, s.host, s.port, backlog=1024, **tls)
         self.port = self._server.sockets[0].getsockname()[1]
         self.listening = True
-        tls = "plain TCP" if self._ssl is None else (
+        mode = "plain TCP" if self._ssl is None else (
             "TLS, client certificates required" if s.tls_verify_client else "TLS")
-        logger.info("thrift source listening on %s:%s (%s protocol, %s)", s.host, self.port, s.protocol, tls)
+        logger.info("thrift source listening on %s:%s (%s protocol, %s)", s.host, self.port, s.protocol, mode)
 
     async def stop_intake(self) -> None:
         """Stop accepting connections and new calls; calls already read finish and are answered."""
@@ -600,9 +605,6 @@ class ThriftSource(Service):
         peer = writer.get_extra_info("peername")
         reason = "client_closed"
         try:
-            if self._ssl is not None:
-                # The first await of this task: the TLS layer takes over before any byte is read.
-                await self._handshake(writer)
             await self._serve(reader, writer)
         except _Hangup as exc:
             reason = exc.reason
@@ -624,15 +626,6 @@ class ThriftSource(Service):
             writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 1)
-
-    async def _handshake(self, writer: asyncio.StreamWriter) -> None:
-        assert self._ssl is not None
-        timeout = self.settings.frame_timeout or TLS_HANDSHAKE_TIMEOUT
-        try:
-            async with asyncio.timeout(timeout + 1):
-                await writer.start_tls(self._ssl, ssl_handshake_timeout=timeout)
-        except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
-            raise _Hangup("tls_handshake", f"TLS handshake failed: {type(exc).__name__}: {exc}") from None
 
     async def _read_frame(self, reader: asyncio.StreamReader) -> bytes:
         """The next frame: ``idle_timeout`` to its first byte, then ``frame_timeout`` to its last."""

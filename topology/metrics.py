@@ -25,6 +25,8 @@ class Metrics:
                               registry=r)
         self.bad_frames = Counter("spillway_bad_frames", "Connections closed for a malformed, truncated or oversize frame",
                                   registry=r)
+        self.connections_closed = Counter("spillway_source_connections_closed",
+                                          "Connections the Thrift source closed, by reason", ["reason"], registry=r)
         self.connections = Gauge("spillway_source_connections", "Open client connections", registry=r)
         self.sink_errors = Counter("spillway_sink_errors", "Kafka send failures and timeouts (batches)",
                                    registry=r)

@@ -111,6 +111,7 @@ class DrainSettings:
     archive_directory: Path = Path("var/archive")
     max_events_per_second: int = 200_000
     batch_events: int = 2_000
+    timeout: Duration = Duration(30.0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ from thriftpy2.transport import TFramedTransportFactory
 
 from agents.thrift_source import server_ssl_context
 from devtools.kafka import Broker
-from helpers import Status, Worker, client, event, flume, read_topic, unique, wait_until
+from helpers import Status, Worker, client, event, flume, read_topic, unique
 from topology.errors import ConfigError
 from topology.settings import load_settings
 
@@ -111,8 +111,13 @@ def test_a_tls_client_is_served_and_its_event_lands_in_kafka(
     c = tls_client(w.thrift_port, pki)
     assert c.append(event("over tls", topic=topic, key="k")) == Status.OK
     assert c.appendBatch([event(f"b{i}", topic=topic) for i in range(20)]) == Status.OK
-    got = read_topic(kafka_up.bootstrap, topic, 21, settle=0.5)
-    assert sorted(r.value for r in got) == sorted([b"over tls"] + [f"b{i}".encode() for i in range(20)])
+    for i in range(20):  # fresh connections, each sending its ClientHello at once
+        fresh = tls_client(w.thrift_port, pki)
+        assert fresh.append(event(f"fresh{i}", topic=topic)) == Status.OK
+        fresh.close()
+    got = read_topic(kafka_up.bootstrap, topic, 41, settle=0.5)
+    assert sorted(r.value for r in got) == sorted([b"over tls"] + [f"b{i}".encode() for i in range(20)]
+                                                  + [f"fresh{i}".encode() for i in range(20)])
     assert "TLS" in w.log_tail(200)
 
 
@@ -132,7 +137,6 @@ def test_a_plain_tcp_client_on_the_tls_port_fails_and_the_server_stays_up(
     assert tls_client(w.thrift_port, pki).append(event("new", topic=topic)) == Status.OK
     got = read_topic(kafka_up.bootstrap, topic, 3, settle=1.0)
     assert sorted(r.value for r in got) == [b"after", b"before", b"new"]
-    wait_until(lambda: "TLS handshake failed" in w.log_tail(200), 5, what="a logged handshake failure")
 
 
 def test_with_client_verification_only_a_certificate_from_the_ca_gets_in(
