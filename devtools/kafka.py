@@ -213,11 +213,12 @@ async def serves_metadata(bootstrap: str) -> bool:
 
 
 def _pid_alive(pid: int) -> bool:
+    """True when ``pid`` is a running Kafka broker (a stale pid file may name anything else)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
         return False
-    return True
+    return b"kafka.Kafka" in cmdline
 
 
 def main(argv: list[str] | None = None) -> int:
