@@ -38,6 +38,7 @@ from agents.segments import FILE_HEADER, HEADER_LEN, encode_records, iter_record
 from agents.supervisor import Outcome, Supervisor
 from topology.errors import BufferError, CorruptRecord
 from topology.metrics import Metrics
+from topology.ratelog import Throttled
 from topology.settings import DrainSettings
 
 logger = logging.getLogger(__name__)
@@ -232,6 +233,7 @@ class Drain:
         self.current: str | None = None
         self.drained_total = 0
         self._checked_crash = False
+        self._throttled = Throttled(logger)
 
     @property
     def directory(self) -> Path:
@@ -241,6 +243,14 @@ class Drain:
         """Drain while Kafka is up and closed segments remain; return events sent."""
         if self._lock.locked():
             return 0
+        try:
+            return await self._run_once()
+        except (OSError, BufferError) as exc:
+            # A full or failing disk (progress file, archive, rolling): retried next tick.
+            self._throttled.log(logging.ERROR, "disk", "drain: disk error, retrying: %s", exc)
+            return 0
+
+    async def _run_once(self) -> int:
         async with self._lock:
             await self.buffer.roll_if_due()
             if not self.supervisor.failover.kafka_usable:

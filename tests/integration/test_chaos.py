@@ -48,10 +48,10 @@ def tmpfs(path: Path, size_mb: int) -> Iterator[Path]:
 def fill(disk: Path) -> Path:
     """Take every free byte of ``disk`` with a filler file."""
     filler = disk / "filler"
-    with open(filler, "wb") as fh:
+    with open(filler, "wb", buffering=0) as fh:  # unbuffered: nothing left to flush on close
         with contextlib.suppress(OSError):
             while True:
-                fh.write(b"\0" * (1 << 20))
+                fh.write(b"\0" * (1 << 16))
     return filler
 
 
