@@ -28,7 +28,9 @@ import pytest
 from devtools.kafka import Broker
 from helpers import ROOT, Load, Status, TcpProxy, Worker, check_all_in_kafka, unique, wait_until
 
-pytestmark = pytest.mark.kafka
+ROUNDS = int(os.environ.get("SPILLWAY_CHAOS_ROUNDS", "10"))
+# A round takes seconds to a minute (a killed broker restarts slowly): room for every round.
+pytestmark = [pytest.mark.kafka, pytest.mark.timeout(ROUNDS * 60 + 600)]
 
 FAULTS = ["broker_kill", "broker_pause", "proxy_cut", "proxy_stall", "proxy_slow", "worker_kill_kafka_up",
           "worker_kill_kafka_down", "budget_exhausted", "disk_full"]
@@ -109,7 +111,7 @@ def inject(fault: str, rng: random.Random, broker: Broker, proxy: TcpProxy, w: W
 
 def test_chaos_rounds_lose_nothing_acknowledged(kafka_up: Broker, kafka_proxy: TcpProxy,
                                                make_worker: Callable[..., Worker], tmp_path: Path) -> None:
-    rounds = int(os.environ.get("SPILLWAY_CHAOS_ROUNDS", "10"))
+    rounds = ROUNDS
     seed = int(os.environ.get("SPILLWAY_CHAOS_SEED", str(time.time_ns() % 10**6)))
     rng = random.Random(seed)
     print(f"\nchaos: {rounds} rounds, seed {seed}")
