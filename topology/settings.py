@@ -49,7 +49,7 @@ class KafkaSettings:
     max_batch_bytes: Size = Size(1_000_000)
     compression: Literal["none", "gzip", "lz4", "zstd"] = "none"
     metadata_max_age: Duration = Duration(30.0)
-    producers: int = 4
+    producers: int = 1
 
 
 @dataclass(frozen=True, slots=True)
