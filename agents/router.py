@@ -8,7 +8,7 @@ client never has to guess which part of a call was written.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from agents.records import Record

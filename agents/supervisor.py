@@ -11,7 +11,6 @@ timer calls :meth:`Supervisor.tick`.
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import logging
 import random
@@ -22,7 +21,7 @@ from typing import Protocol
 
 from agents.records import Record
 from agents.thrift_source import Status
-from topology.errors import BufferError, BufferFull, SinkError
+from topology.errors import BufferError, BufferFull
 from topology.metrics import Metrics
 from topology.ratelog import Throttled
 from topology.settings import FailoverSettings
