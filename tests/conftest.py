@@ -46,6 +46,37 @@ def kafka(tmp_path_factory: pytest.TempPathFactory, kafka_proxy: TcpProxy) -> It
     broker.stop()
 
 
+@pytest.fixture(scope="session")
+def strict_proxy() -> Iterator[TcpProxy]:
+    """The TCP proxy in front of ``strict_kafka``."""
+    with TcpProxy(free_port()) as proxy:
+        yield proxy
+
+
+@pytest.fixture(scope="session")
+def strict_kafka(tmp_path_factory: pytest.TempPathFactory, strict_proxy: TcpProxy) -> Iterator[Broker]:
+    """A second real broker with ``auto.create.topics.enable=false``, as production clusters
+    run: a topic that was not created is refused for good (UNKNOWN_TOPIC_OR_PARTITION).
+    Tests create their topics with :func:`helpers.create_topics`. Started on first use."""
+    broker = Broker(tmp_path_factory.mktemp("kafka-strict"), port=strict_proxy.upstream_port,
+                    controller_port=free_port(), advertised_port=strict_proxy.port,
+                    heap=os.environ.get("KAFKA_HEAP", "384m"),
+                    extra={"auto.create.topics.enable": "false"})
+    broker.start(timeout=120)
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def strict_up(strict_kafka: Broker, strict_proxy: TcpProxy) -> Iterator[Broker]:
+    """``strict_kafka``, restarted first if an earlier test left it stopped; the proxy passes."""
+    strict_proxy.restore()
+    if not strict_kafka.running:
+        strict_kafka.start(timeout=120)
+    yield strict_kafka
+    strict_proxy.restore()
+
+
 @pytest.fixture
 def kafka_up(kafka: Broker, kafka_proxy: TcpProxy) -> Iterator[Broker]:
     """The session broker, restarted first if an earlier test left it stopped; the proxy passes."""

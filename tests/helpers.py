@@ -160,6 +160,21 @@ def read_topic(bootstrap: str, topic: str, expected: int, timeout: float = 60.0,
     return asyncio.run(run())
 
 
+def create_topics(bootstrap: str, *topics: str, partitions: int = 3, config: dict[str, str] | None = None) -> None:
+    """Create topics with Kafka's admin API (for a broker with auto-create off)."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    async def run() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(t, partitions, 1, topic_configs=config or {}) for t in topics])
+        finally:
+            await admin.close()
+
+    asyncio.run(run())
+
+
 class TcpProxy:
     """A TCP proxy on loopback, run in a thread, that can pass, cut or stall its connections."""
 
