@@ -41,6 +41,9 @@ MiB: Final = 1024 * 1024
 GROUP_MAX_BYTES: Final = 8 * MiB  # at most this much is taken from the queue for one commit
 _SEGMENT_RE: Final = re.compile(r"(\d{20})\.seg")
 _STOP: Final = object()
+WRITER_RESTART_DELAY: Final = 1.0  # seconds before a writer that died is started again
+WRITER_MAX_RESTARTS: Final = 5  # at most this many restarts ...
+WRITER_RESTART_WINDOW: Final = 60.0  # ... within this many seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +142,9 @@ class DiskBuffer:
         self._inflight: list[_Item] = []
         self._sealed: str | None = None  # why nobody takes from the queue any more
         self._stop_task: asyncio.Task[None] | None = None
+        self._restarts: list[float] = []  # monotonic times of recent writer restarts
+        self._restart_handle: asyncio.TimerHandle | None = None
+        self.writer_restarts = 0
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -157,8 +163,7 @@ class DiskBuffer:
             self.quarantined_records += quarantined
             self._queue = asyncio.Queue(self._queue_size)
             self._sealed, self._pending, self._stop_task = None, 0, None
-            self._writer = asyncio.create_task(self._run(), name=f"disk-buffer-writer:{self.directory}")
-            self._writer.add_done_callback(self._on_writer_done)
+            self._start_writer()
             self._state = "running"
             logger.info("disk buffer %s: %d segments, %d events, %d bytes",
                         self.directory, len(segments), self._events, self._bytes)
@@ -199,6 +204,9 @@ class DiskBuffer:
         await asyncio.shield(self._stop_task)
 
     async def _shutdown(self) -> None:
+        if self._restart_handle is not None:
+            self._restart_handle.cancel()
+            self._restart_handle = None
         writer = self._writer
         if writer is not None and not writer.done():
             await self._queue.put(_STOP)
@@ -227,12 +235,46 @@ class DiskBuffer:
                 items.append(item)
         self._settle(items, reason, cause)
 
+    def _start_writer(self) -> None:
+        self._writer = asyncio.create_task(self._run(), name=f"disk-buffer-writer:{self.directory}")
+        self._writer.add_done_callback(self._on_writer_done)
+
+    @property
+    def healthy(self) -> bool:
+        """True while appends can be made durable: running, with a live writer (``/ready``)."""
+        return self._state == "running" and not self._sealed and self._writer is not None and not self._writer.done()
+
     def _on_writer_done(self, task: asyncio.Task[None]) -> None:
         if self._state == "stopping" and not task.cancelled() and task.exception() is None:
             return
         exc = None if task.cancelled() else task.exception()
-        logger.error("disk buffer %s: writer died; failing waiting appends", self.directory, exc_info=exc)
+        logger.critical("disk buffer %s: the writer task DIED (%r); failing waiting appends, the buffer takes "
+                        "nothing until it is restarted", self.directory, exc, exc_info=exc)
         self._seal("disk buffer writer died", exc)
+        if self._state != "running":
+            return
+        now = time.monotonic()
+        self._restarts = [t for t in self._restarts if now - t < WRITER_RESTART_WINDOW]
+        if len(self._restarts) >= WRITER_MAX_RESTARTS:
+            logger.critical("disk buffer %s: the writer died %d times in %.0fs; not restarting it (the node "
+                            "answers FAILED for what Kafka cannot take, /ready says 503); restart the worker",
+                            self.directory, len(self._restarts), WRITER_RESTART_WINDOW)
+            return
+        self._restarts.append(now)
+        self._restart_handle = asyncio.get_running_loop().call_later(WRITER_RESTART_DELAY, self._restart_writer)
+
+    def _restart_writer(self) -> None:
+        """Safe because a write either settled its appends or failed them: the active segment may
+        hold bytes past its last acknowledged one, so it is truncated back before the next write."""
+        self._restart_handle = None
+        if self._state != "running" or not self._sealed:
+            return
+        if self._active is not None:
+            self._active.dirty = True
+        self._sealed = None
+        self.writer_restarts += 1
+        self._start_writer()
+        logger.warning("disk buffer %s: writer restarted (restart %d)", self.directory, self.writer_restarts)
 
     # -- appending -------------------------------------------------------------------
 
@@ -424,6 +466,10 @@ class DiskBuffer:
         """Closed (immutable) segments, oldest first."""
         active = self._active.seg.path if self._active is not None else None
         return [path for path in self._segments if path != active]
+
+    def segment_size(self, path: Path) -> int:
+        """The size of a closed segment as the buffer wrote (or recovered) it: the drain reads exactly that far."""
+        return self._closed(path).size
 
     def segment_events(self, path: Path) -> int:
         """Events of a closed segment still counted as buffered (after ``note_drained``)."""

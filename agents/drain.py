@@ -2,12 +2,28 @@
 
 Runs from a Faust timer while the supervisor says Kafka is up. Segments go oldest
 first, in chunks of ``drain.batch_events``. Progress is recorded durably in
-``<buffer>/drain.progress`` (JSON, written to a temp file, fsynced, renamed)
-*before* a chunk is sent (``inflight``) and *after* Kafka acknowledged it
-(``offset``), so a restart resumes where it stopped; the events of a chunk that
-was in flight at a crash may reach Kafka twice, and are counted in
-``spillway_duplicates_total``. A segment is deleted only when every event in it
-was acknowledged (or archived).
+``<buffer>/drain.progress`` (JSON, written to a temp file, fsynced, renamed, the
+directory fsynced) *before* a chunk is sent (``inflight``) and *after* Kafka
+acknowledged it (``offset``), so a restart resumes where it stopped; the events of a
+chunk that was in flight at a crash may reach Kafka twice, and are counted in
+``spillway_duplicates_total`` (once).
+
+Progress names the segment *and its size*: recovery only ever cuts bytes out of a
+segment, so a rewrite always changes its size, and progress recorded before a rewrite
+never points into a file it no longer describes. Progress that does not match its
+segment starts that segment over from its beginning (the events already sent are
+counted as duplicates); it never skips. A segment is read up to the size the buffer
+recorded for it (a segment that ends early was damaged, and is recovered, never taken
+as finished), and deleted only when every byte of it was read and every event in it
+acknowledged, archived or set aside; progress is cleared after the delete, so a crash
+in between resends nothing.
+
+Events Kafka refuses for good (:class:`~topology.errors.SinkRefused`: a topic it does not
+have with auto-create off, a record over its size limit, a topic this client may not
+write) go to ``<buffer>/undeliverable/<segment name>`` (segment files, fsynced, that
+``spillway buffer`` and ``spillway replay`` read), with one log line per topic and
+reason, and the drain goes on with the rest: one poison event never stalls it or parks
+Kafka.
 
 Events older than ``drain.max_age`` go to ``drain.archive_directory`` instead,
 as gzip-compressed segment files (``<segment>.gz``) that ``replay`` reads.
@@ -33,10 +49,10 @@ from typing import Protocol
 import orjson
 
 from agents.disk_buffer import DiskBuffer
-from agents.records import Record
-from agents.segments import FILE_HEADER, HEADER_LEN, encode_records, iter_records
+from agents.records import Delivery, Record
+from agents.segments import FILE_HEADER, HEADER_LEN, encode_records, fsync_dir, iter_records, shift_offset
 from agents.supervisor import Outcome, Supervisor
-from topology.errors import BufferError, CorruptRecord
+from topology.errors import BufferError, CorruptRecord, SinkRefused
 from topology.metrics import Metrics
 from topology.ratelog import Throttled
 from topology.settings import DrainSettings
@@ -44,24 +60,39 @@ from topology.settings import DrainSettings
 logger = logging.getLogger(__name__)
 
 PROGRESS_FILE = "drain.progress"
+UNDELIVERABLE_DIR = "undeliverable"
 
 
 class Sender(Protocol):
-    async def send_within(self, records: Sequence[Record], timeout: float) -> tuple[list[Record], str | None]: ...
+    async def send_within(self, records: Sequence[Record], timeout: float) -> Delivery: ...
 
 
 @dataclass(frozen=True, slots=True)
 class Progress:
+    """Where the drain stands in one segment.
+
+    ``size``: the segment's size when this was recorded (None in files written before
+    it was kept: such progress matches no segment). ``events``: events of the segment
+    before ``offset`` already gone (sent, archived or set aside).
+    """
+
     segment: str
     offset: int
+    size: int | None = None
+    events: int = 0
     inflight_end: int | None = None
     inflight_events: int = 0
+
+    def matches(self, name: str, size: int) -> bool:
+        return self.segment == name and self.size == size and HEADER_LEN <= self.offset <= size
 
 
 def read_progress(directory: Path) -> Progress | None:
     try:
         doc = orjson.loads((directory / PROGRESS_FILE).read_bytes())
-        return Progress(doc["segment"], int(doc["offset"]), doc.get("inflight_end"), int(doc.get("inflight_events", 0)))
+        size = doc.get("size")
+        return Progress(doc["segment"], int(doc["offset"]), None if size is None else int(size),
+                        int(doc.get("events", 0)), doc.get("inflight_end"), int(doc.get("inflight_events", 0)))
     except FileNotFoundError:
         return None
     except (ValueError, KeyError, TypeError) as exc:
@@ -77,12 +108,29 @@ def write_progress(directory: Path, progress: Progress | None) -> None:
         return
     tmp = path.with_suffix(".tmp")
     with open(tmp, "wb") as fh:
-        fh.write(orjson.dumps({"segment": progress.segment, "offset": progress.offset,
-                               "inflight_end": progress.inflight_end,
+        fh.write(orjson.dumps({"segment": progress.segment, "offset": progress.offset, "size": progress.size,
+                               "events": progress.events, "inflight_end": progress.inflight_end,
                                "inflight_events": progress.inflight_events}))
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+    fsync_dir(directory)
+
+
+def set_aside(directory: Path, segment: Path, refused: Sequence[tuple[Record, SinkRefused]]) -> Path:
+    """Append records Kafka refuses for good to ``directory/<segment name>`` (a segment file), fsynced."""
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / segment.name
+    new = not target.exists()
+    with open(target, "ab") as fh:
+        if new:
+            fh.write(FILE_HEADER)
+        fh.write(encode_records([rec for rec, _ in refused]))
+        fh.flush()
+        os.fsync(fh.fileno())
+    if new:
+        fsync_dir(directory)
+    return target
 
 
 @contextlib.contextmanager
@@ -128,22 +176,23 @@ class SegmentResult:
     skipped: int
     complete: bool
     error: str | None = None
+    refused: int = 0  # events Kafka refuses for good (set aside, or for replay: reported)
 
 
-def _chunks(path: Path, start: int, size: int) -> Iterator[tuple[int, int, list[Record]]]:
+def _chunks(path: Path, start: int, size: int, end: int | None) -> Iterator[tuple[int, int, list[Record]]]:
     """(first offset, end offset, records) in chunks of at most ``size`` records."""
     chunk: list[Record] = []
-    first = end = start
-    for offset, next_offset, rec in iter_records(path, start):
+    first = last = start
+    for offset, next_offset, rec in iter_records(path, start, end):
         if not chunk:
             first = offset
         chunk.append(rec)
-        end = next_offset
+        last = next_offset
         if len(chunk) >= size:
-            yield first, end, chunk
+            yield first, last, chunk
             chunk = []
     if chunk:
-        yield first, end, chunk
+        yield first, last, chunk
 
 
 def archive(archive_dir: Path, segment: Path, records: Sequence[Record]) -> None:
@@ -160,32 +209,37 @@ def archive(archive_dir: Path, segment: Path, records: Sequence[Record]) -> None
         os.fsync(raw.fileno())
 
 
-async def drain_segment(path: Path, sender: Sender, *, start: int = HEADER_LEN, batch_events: int = 2000,
+async def drain_segment(path: Path, sender: Sender, *, start: int = HEADER_LEN, end: int | None = None,
+                        batch_events: int = 2000,
                         timeout: float = 5.0, limiter: RateLimiter | None = None,
                         keep: Callable[[Record], bool] | None = None,
                         archive_before_ms: int | None = None, archive_dir: Path | None = None,
-                        on_chunk: Callable[[int, int, int], None] | None = None,
+                        on_chunk: Callable[[int, int, int, int], None] | None = None,
                         before_chunk: Callable[[int, int, int], None] | None = None,
+                        on_refused: Callable[[Sequence[tuple[Record, SinkRefused]]], None] | None = None,
                         dry_run: bool = False, counts: dict[str, int] | None = None,
                         deadline: float | None = None) -> SegmentResult:
     """Send one segment's events from ``start`` to Kafka, each to its own topic.
 
     ``keep`` filters (replay's --topic/--since/--until; the rest is skipped);
     events received before ``archive_before_ms`` go to ``archive_dir`` instead.
-    ``before_chunk(first, end, n)`` runs before a chunk is sent, ``on_chunk(end,
-    sent, archived)`` after it is acknowledged. Stops at the first chunk Kafka does
-    not acknowledge (``complete=False``, ``error`` set), or when the monotonic clock
-    passes ``deadline`` (``complete=False``, no error: call again to go on).
+    ``end``: the size the buffer recorded (the frames must reach it exactly, else
+    CorruptRecord). ``before_chunk(first, end, n)`` runs before a chunk is sent,
+    ``on_chunk(end, sent, archived, refused)`` after it is acknowledged (running totals). Records Kafka refuses for
+    good go to ``on_refused`` (once the rest of their chunk is acknowledged) and the drain
+    goes on. Stops at the first chunk Kafka does not acknowledge (``complete=False``,
+    ``error`` set), or when the monotonic clock passes ``deadline`` (``complete=False``,
+    no error: call again to go on).
     """
-    sent = archived = skipped = 0
-    chunks = _chunks(path, start, batch_events)
+    sent = archived = skipped = refused = 0
+    chunks = _chunks(path, start, batch_events, end)
     while True:
         if deadline is not None and time.monotonic() > deadline:
             return SegmentResult(sent, archived, skipped, False)
         item = await asyncio.to_thread(next, chunks, None)
         if item is None:
-            return SegmentResult(sent, archived, skipped, True)
-        first, end, records = item
+            return SegmentResult(sent, archived, skipped, True, refused=refused)
+        first, chunk_end, records = item
         if keep is not None:
             kept = [r for r in records if keep(r)]
             skipped += len(records) - len(kept)
@@ -202,19 +256,23 @@ async def drain_segment(path: Path, sender: Sender, *, start: int = HEADER_LEN, 
             sent += len(records)
             continue
         if before_chunk is not None:
-            await asyncio.to_thread(before_chunk, first, end, len(records))
+            await asyncio.to_thread(before_chunk, first, chunk_end, len(records))
         if old and archive_dir is not None:
             await asyncio.to_thread(archive, archive_dir, path, old)
             archived += len(old)
         if records:
             if limiter is not None:
                 await limiter.take(len(records))
-            left, error = await sender.send_within(records, timeout)
-            if error is not None:
-                return SegmentResult(sent + len(records) - len(left), archived, skipped, False, error)
-            sent += len(records)
+            delivery = await sender.send_within(records, timeout)
+            if delivery.unacked:
+                acked = len(records) - len(delivery.unacked) - len(delivery.refused)
+                return SegmentResult(sent + acked, archived, skipped, False, delivery.error, refused)
+            if delivery.refused and on_refused is not None:
+                await asyncio.to_thread(on_refused, delivery.refused)
+            refused += len(delivery.refused)
+            sent += len(records) - len(delivery.refused)
         if on_chunk is not None:
-            await asyncio.to_thread(on_chunk, end, sent, archived)
+            await asyncio.to_thread(on_chunk, chunk_end, sent, archived, refused)
 
 
 class Drain:
@@ -232,6 +290,7 @@ class Drain:
         self._lock = asyncio.Lock()
         self.current: str | None = None
         self.drained_total = 0
+        self.undeliverable_total = 0  # events set aside since start
         self._checked_crash = False
         self._throttled = Throttled(logger)
 
@@ -268,38 +327,71 @@ class Drain:
                     break
             return total
 
+    @property
+    def undeliverable_dir(self) -> Path:
+        return self.directory / UNDELIVERABLE_DIR
+
+    def _start_of(self, path: Path, size: int, progress: Progress | None) -> tuple[int, int]:
+        """``(offset, events already gone)`` to resume ``path`` from, counting what a restart resends."""
+        if progress is None or progress.segment != path.name:
+            return HEADER_LEN, 0
+        if not progress.matches(path.name, size):
+            # Rewritten by recovery since (or written by an older version): offsets no longer
+            # hold. Start over; what was sent before goes again, and is counted.
+            resent = progress.events + progress.inflight_events
+            self.metrics.duplicates.inc(resent)
+            logger.warning("drain: recorded progress (byte %d of %s bytes) no longer matches %s (%d bytes): "
+                           "starting it over; %d events already sent may reach Kafka twice",
+                           progress.offset, progress.size, path.name, size, resent)
+            return HEADER_LEN, 0
+        if progress.inflight_end is not None and not self._checked_crash:
+            # A chunk was in flight when the last run stopped: it may already be in Kafka.
+            self.metrics.duplicates.inc(progress.inflight_events)
+            logger.warning("drain: resuming %s at byte %d; %d events of the chunk in flight at the last "
+                           "stop may reach Kafka twice", path.name, progress.offset, progress.inflight_events)
+        return progress.offset, progress.events
+
+    def _set_aside(self, path: Path, refused: Sequence[tuple[Record, SinkRefused]]) -> None:
+        """In a thread: keep records Kafka refuses for good in undeliverable/, log once per topic and reason."""
+        target = set_aside(self.undeliverable_dir, path, refused)
+        per: dict[tuple[str, str], tuple[int, SinkRefused]] = {}
+        for rec, why in refused:
+            n, _ = per.get((rec.topic, why.reason), (0, why))
+            per[(rec.topic, why.reason)] = (n + 1, why)
+        for (topic, reason), (n, why) in per.items():
+            self.metrics.undeliverable.labels(reason=reason).inc(n)
+            self._throttled.log(logging.ERROR, f"undeliverable:{topic}:{reason}",
+                                "drain: Kafka refuses %d event(s) for topic %s for good (%s); moved to %s. "
+                                "Fix the cause (e.g. create the topic), then `spillway replay %s`",
+                                n, topic, why, target, target)
+        self.undeliverable_total += len(refused)
+
     async def _drain(self, path: Path, deadline: float | None = None) -> SegmentResult:
+        size = self.buffer.segment_size(path)
         progress = await asyncio.to_thread(read_progress, self.directory)
-        start = HEADER_LEN
-        if progress is not None and progress.segment == path.name:
-            start = progress.offset
-            if progress.inflight_end is not None and not self._checked_crash:
-                # A chunk was in flight when the last run stopped: it may already be in Kafka.
-                self.metrics.duplicates.inc(progress.inflight_events)
-                logger.warning("drain: resuming %s at byte %d; %d events of the chunk in flight at the last "
-                               "stop may reach Kafka twice", path.name, start, progress.inflight_events)
+        start, gone_before = self._start_of(path, size, progress)
         self._checked_crash = True
-        if start == HEADER_LEN and progress is None:
+        if start == HEADER_LEN and gone_before == 0:
             logger.info("drain: starting %s (%d events)", path.name, self.buffer.segment_events(path))
         self.current = path.name
         max_age_ms = int(self.settings.max_age * 1000)
         directory = self.directory
+        chunk = {"first": start, "gone": gone_before}  # the chunk being sent, events gone before it
+        last = [0, 0, 0]  # sent, archived, refused noted so far
 
         def before(first: int, end: int, n: int) -> None:
-            write_progress(directory, Progress(path.name, first, end, n))
+            chunk["first"] = first
+            write_progress(directory, Progress(path.name, first, size, chunk["gone"], end, n))
 
-        def after(end: int, sent: int, archived: int) -> None:
-            write_progress(directory, Progress(path.name, end))
-
-        last = [0, 0]
-
-        def counted(end: int, sent: int, archived: int) -> None:
-            after(end, sent, archived)
-            self.buffer.note_drained(path, (sent - last[0]) + (archived - last[1]))
+        def counted(end: int, sent: int, archived: int, refused: int) -> None:
+            gone = (sent - last[0]) + (archived - last[1]) + (refused - last[2])
+            chunk["gone"] += gone
+            write_progress(directory, Progress(path.name, end, size, chunk["gone"]))
+            self.buffer.note_drained(path, gone)
             self.metrics.drained.inc(sent - last[0])
             self.metrics.archived.inc(archived - last[1])
             self.drained_total += sent - last[0]
-            last[0], last[1] = sent, archived
+            last[:] = [sent, archived, refused]
 
         try:
             with segment_lock(path) as locked:
@@ -307,31 +399,47 @@ class Drain:
                     logger.info("drain: %s is locked by a replay; skipping it for now", path.name)
                     return SegmentResult(0, 0, 0, False, "locked")
                 result = await drain_segment(
-                    path, self.sink, start=start, batch_events=self.settings.batch_events, timeout=self.timeout,
-                    limiter=self.limiter, archive_before_ms=int(time.time() * 1000) - max_age_ms,
+                    path, self.sink, start=start, end=size, batch_events=self.settings.batch_events,
+                    timeout=self.timeout, limiter=self.limiter,
+                    archive_before_ms=int(time.time() * 1000) - max_age_ms,
                     archive_dir=self.settings.archive_directory, before_chunk=before, on_chunk=counted,
-                    deadline=deadline)
+                    on_refused=lambda refused: self._set_aside(path, refused), deadline=deadline)
                 if result.complete:
-                    # Deleted while still locked, so a replay cannot take it in between.
-                    await asyncio.to_thread(write_progress, self.directory, None)
+                    # Deleted while still locked, so a replay cannot take it in between; progress is
+                    # cleared only after: a crash in between leaves progress naming a segment that
+                    # no longer exists (names are never reused), never a segment without progress.
                     try:
                         await self.buffer.delete_segment(path)
                     except BufferError as exc:
                         logger.error("drain: %s", exc)
+                        return SegmentResult(result.sent, result.archived, result.skipped, False, None)
+                    await asyncio.to_thread(write_progress, self.directory, None)
         except CorruptRecord as exc:
-            # Damage since start-up recovery: quarantine it the same way; records before it keep
-            # their offsets, so the recorded progress stays valid and the next tick goes on.
             logger.error("drain: %s; recovering the segment", exc)
-            await self.buffer.recover(path)
+            await self._recover(path, size)
             return SegmentResult(0, 0, 0, False, None)
         finally:
             self.current = None
         if not result.complete and result.error is None:
             return result  # out of time for this tick; the next one resumes from the progress file
         if not result.complete:
-            # Events of the failed chunk that Kafka did acknowledge will be sent again.
+            # Events of the failed chunk that Kafka did acknowledge will be sent again: counted
+            # here, once, and the progress no longer says "in flight" (a restart counts nothing more).
             self.metrics.duplicates.inc(max(0, result.sent - last[0]))
+            await asyncio.to_thread(write_progress, self.directory,
+                                    Progress(path.name, chunk["first"], size, chunk["gone"]))
             await self.supervisor.report(Outcome(False, 0, f"drain: {result.error}"))
             return result
-        logger.info("drain: %s done (%d sent, %d archived)", path.name, result.sent, result.archived)
+        logger.info("drain: %s done (%d sent, %d archived, %d undeliverable)", path.name, result.sent,
+                    result.archived, result.refused)
         return result
+
+    async def _recover(self, path: Path, size: int) -> None:
+        """Quarantine damage found while draining, and carry the progress over the rewrite."""
+        progress = await asyncio.to_thread(read_progress, self.directory)
+        report = await self.buffer.recover(path)
+        if report.quarantined_whole or not path.exists() or progress is None or not progress.matches(path.name, size):
+            return
+        offset = shift_offset(progress.offset, report.removed)
+        await asyncio.to_thread(write_progress, self.directory,
+                                Progress(path.name, offset, report.kept_bytes, progress.events))

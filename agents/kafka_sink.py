@@ -6,8 +6,13 @@ records pile into the open one, so batches grow with load and no linger is neede
 A call waits on the futures of the batches that hold its records
 (:meth:`KafkaSink.submit`), never longer than its caller decides.
 
-This is the only module that imports ``aiokafka.errors``; failures leave it as
-:class:`~topology.errors.SinkError`.
+Errors retrying cannot fix (a topic Kafka does not have while auto-create is off, a
+record over the broker's size limit, a topic this client may not write) are told apart
+from outages: :class:`~topology.errors.SinkRefused` for those records only, so one bad
+event never parks Kafka for everyone. A batch refused as too large is split and its
+records sent one by one, so only the oversize one is refused. Everything else is a
+retriable :class:`~topology.errors.SinkError`. This is the only module that imports
+``aiokafka.errors``.
 """
 
 from __future__ import annotations
@@ -15,25 +20,55 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka import errors as kafka_errors
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
+from aiokafka.protocol.metadata import MetadataRequest
 
-from agents.records import Record
-from topology.errors import SinkError
+from agents.records import Delivery, Record
+from topology.errors import SinkError, SinkRefused
 from topology.settings import KafkaSettings
 
 logger = logging.getLogger(__name__)
+
+#: Errors retrying cannot fix, with their metric label. Anything else counts as
+#: retriable (Kafka is parked, the events wait on disk): an unknown error never refuses.
+PERMANENT: dict[type[BaseException], str] = {
+    kafka_errors.MessageSizeTooLargeError: "too_large",
+    kafka_errors.RecordListTooLargeError: "too_large",
+    kafka_errors.RecordTooLargeError: "too_large",
+    kafka_errors.TopicAuthorizationFailedError: "not_authorized",
+    kafka_errors.InvalidTopicError: "invalid_topic",
+    kafka_errors.PolicyViolationError: "policy",
+    kafka_errors.UnknownTopicOrPartitionError: "unknown_topic",  # only as a metadata answer
+}
+_TOO_LARGE = (kafka_errors.MessageSizeTooLargeError, kafka_errors.RecordListTooLargeError)
+#: how long a topic Kafka refused stays refused without asking again (a hostile client
+#: must not turn every call into a metadata request)
+REFUSAL_TTL = 2.0
+
+
+def translate(exc: BaseException) -> SinkError:
+    """Our error for one of aiokafka's: SinkRefused when retrying cannot help, else SinkError."""
+    if isinstance(exc, SinkError):
+        return exc
+    reason = PERMANENT.get(type(exc))
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    err = SinkRefused(text, reason=reason) if reason is not None else SinkError(text)
+    err.__cause__ = exc
+    return err
 
 
 class _Lane:
     """One topic-partition: an open batch, closed batches waiting, one sender task."""
 
-    __slots__ = ("sink", "topic", "partition", "producer", "open", "open_fut", "queue", "task")
+    __slots__ = ("sink", "topic", "partition", "producer", "open", "open_fut", "open_recs", "queue", "task")
 
     def __init__(self, sink: KafkaSink, topic: str, partition: int, producer: int) -> None:
         self.sink = sink
@@ -41,40 +76,41 @@ class _Lane:
         self.partition = partition
         self.producer = producer
         self.open: Any = None
-        self.open_fut: asyncio.Future[None] | None = None
-        self.queue: deque[tuple[Any, asyncio.Future[None]]] = deque()
+        self.open_fut: asyncio.Future[Any] | None = None
+        self.open_recs: list[Record] = []
+        self.queue: deque[tuple[Any, asyncio.Future[Any], list[Record]]] = deque()
         self.task: asyncio.Task[None] | None = None
 
-    def add(self, records: list[Record], out: list[asyncio.Future[None]]) -> None:
-        """Append records to the open batch (opening more as they fill); their futures go to ``out``."""
-        batch, fut = self.open, self.open_fut
+    def add(self, records: list[Record], out: list[tuple[asyncio.Future[Any], int]]) -> None:
+        """Append records to the open batch (opening more as they fill); each record's
+        ``(batch future, index in its batch)`` goes to ``out``."""
+        batch, fut, recs = self.open, self.open_fut, self.open_recs
         for rec in records:
             headers = rec.headers if rec.headers.__class__ is list else list(rec.headers)
             if batch is None or batch.append(key=rec.key, value=rec.value, timestamp=rec.timestamp_ms,
                                              headers=headers) is None:
                 if batch is not None:  # full: close it, open another
                     assert fut is not None
-                    self.queue.append((batch, fut))
+                    self.queue.append((batch, fut, recs))
                 batch = self.sink.producers[self.producer].create_batch()
-                fut = asyncio.get_running_loop().create_future()
+                fut, recs = asyncio.get_running_loop().create_future(), []
                 if batch.append(key=rec.key, value=rec.value, timestamp=rec.timestamp_ms,
                                 headers=headers) is None:  # pragma: no cover - limits prevent this
                     raise SinkError(f"record of {rec.size} bytes does not fit a Kafka batch")
-            out.append(fut)  # type: ignore[arg-type]
-        self.open, self.open_fut = batch, fut
+            out.append((fut, len(recs)))  # type: ignore[arg-type]
+            recs.append(rec)
+        self.open, self.open_fut, self.open_recs = batch, fut, recs
         if self.task is None:
-            self.task = asyncio.create_task(self._run())
-            self.sink.tasks.add(self.task)
-            self.task.add_done_callback(self.sink.tasks.discard)
+            self.task = self.sink.spawn(self._run())
 
     async def _run(self) -> None:
         try:
             while True:
                 if self.queue:
-                    batch, fut = self.queue.popleft()
+                    batch, fut, recs = self.queue.popleft()
                 elif self.open is not None:
-                    batch, fut = self.open, self.open_fut
-                    self.open = self.open_fut = None
+                    batch, fut, recs = self.open, self.open_fut, self.open_recs
+                    self.open, self.open_fut, self.open_recs = None, None, []
                 else:
                     return
                 try:
@@ -85,36 +121,54 @@ class _Lane:
                     if isinstance(exc, asyncio.CancelledError):
                         raise
                     continue
-                kfut.add_done_callback(lambda f, fut=fut: _chain(f, fut))  # type: ignore[misc]
+                kfut.add_done_callback(lambda f, fut=fut, recs=recs: self._acked(f, fut, recs))  # type: ignore[misc]
         except BaseException as exc:
             # Fail everything still waiting on this lane, so no caller waits forever.
             while self.queue:
                 _fail(self.queue.popleft()[1], exc)
             if self.open_fut is not None:
                 _fail(self.open_fut, exc)
-                self.open = self.open_fut = None
+                self.open, self.open_fut, self.open_recs = None, None, []
             raise
         finally:
             self.task = None
 
+    def _acked(self, kfut: asyncio.Future[Any], fut: asyncio.Future[Any], recs: list[Record]) -> None:
+        if fut.done():
+            return
+        if kfut.cancelled():
+            _fail(fut, asyncio.CancelledError())
+        elif (exc := kfut.exception()) is not None:
+            if isinstance(exc, _TOO_LARGE) and len(recs) > 1:
+                # Kafka refused the batch as too large: find the record(s) it refuses, so one
+                # oversize event does not fail the events of every call that shared its batch.
+                self.sink.spawn(self._split(fut, recs))
+            else:
+                _fail(fut, exc)
+        else:
+            fut.set_result(None)
 
-def _fail(fut: asyncio.Future[None], exc: BaseException) -> None:
+    async def _split(self, fut: asyncio.Future[Any], recs: list[Record]) -> None:
+        """Send each record of a refused batch alone; resolve ``fut`` with each one's error (or None)."""
+        producer = self.sink.producers[self.producer]
+        kfuts: list[asyncio.Future[Any]] = []
+        try:
+            for rec in recs:
+                batch = producer.create_batch()
+                headers = rec.headers if rec.headers.__class__ is list else list(rec.headers)
+                batch.append(key=rec.key, value=rec.value, timestamp=rec.timestamp_ms, headers=headers)
+                kfuts.append(await producer.send_batch(batch, self.topic, partition=self.partition))
+            results = await asyncio.gather(*kfuts, return_exceptions=True)
+        except BaseException as exc:
+            _fail(fut, exc)
+            raise
+        if not fut.done():
+            fut.set_result(tuple(None if not isinstance(r, BaseException) else translate(r) for r in results))
+
+
+def _fail(fut: asyncio.Future[Any], exc: BaseException) -> None:
     if not fut.done():
-        err = exc if isinstance(exc, SinkError) else SinkError(f"{type(exc).__name__}: {exc}")
-        if err is not exc:
-            err.__cause__ = exc
-        fut.set_exception(err)
-
-
-def _chain(kfut: asyncio.Future[Any], fut: asyncio.Future[None]) -> None:
-    if fut.done():
-        return
-    if kfut.cancelled():
-        _fail(fut, asyncio.CancelledError())
-    elif (exc := kfut.exception()) is not None:
-        _fail(fut, exc)
-    else:
-        fut.set_result(None)
+        fut.set_exception(translate(exc))
 
 
 class KafkaSink:
@@ -130,14 +184,25 @@ class KafkaSink:
         #: called with a count when batches given up on (timed out) are acknowledged after all
         self.on_late_ack = on_late_ack
         self.producers: list[AIOKafkaProducer] = []
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.producers_built = 0
         self._lanes: dict[tuple[str, int], _Lane] = {}
         self._key_partition: dict[tuple[str, bytes], int] = {}
+        self._refused_topics: dict[str, tuple[float, SinkRefused]] = {}
+        self._boot_lock = asyncio.Lock()
         self._started = False
+
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        """A background task the sink keeps a reference to (and cancels at stop)."""
+        task = asyncio.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
 
     def _build(self) -> AIOKafkaProducer:
         s = self.settings
         timeout_ms = int(s.request_timeout * 1000)
+        self.producers_built += 1
         return AIOKafkaProducer(
             bootstrap_servers=s.bootstrap_servers,
             client_id=s.client_id,
@@ -186,25 +251,60 @@ class KafkaSink:
                 logger.warning("kafka sink: producer did not close cleanly: %r", exc)
 
     async def _ensure_bootstrapped(self) -> None:
-        # A producer whose start() failed has no sender running: start it again;
-        # one whose sender died (a fatal error) is replaced by a new one.
-        for i, producer in enumerate(self.producers):
-            task = producer._sender.sender_task
-            if task is not None and task.done():
-                logger.warning("kafka sink: producer %d's sender stopped; building a new producer", i)
-                self.producers[i] = self._build()
-                self._lanes = {k: v for k, v in self._lanes.items() if v.producer != i}
-                closing = asyncio.create_task(producer.stop())
-                self.tasks.add(closing)
-                closing.add_done_callback(self.tasks.discard)
-                producer, task = self.producers[i], None
-            if task is None:
-                await producer.start()
+        # A producer whose start() failed has no sender running: start it again; one whose
+        # sender died (a fatal error) is replaced by a new one. One caller at a time: calls
+        # racing here must not build a producer each. Lanes stay (they pick the current
+        # producer for each batch), so no second lane ever sends to the same partition.
+        async with self._boot_lock:
+            for i, producer in enumerate(self.producers):
+                task = producer._sender.sender_task
+                if task is not None and task.done():
+                    logger.warning("kafka sink: producer %d's sender stopped; building a new producer", i)
+                    self.producers[i] = self._build()
+                    self.spawn(producer.stop())
+                    producer, task = self.producers[i], None
+                if task is None:
+                    await producer.start()
+
+    async def _check_topic(self, topic: str) -> None:
+        """Ask Kafka whether ``topic`` can be written; raise SinkRefused when it says no for good.
+
+        aiokafka alone waits out its request timeout for a topic that does not exist and
+        then raises a *retriable* error; one metadata request says at once.
+        """
+        now = time.monotonic()
+        cached = self._refused_topics.get(topic)
+        if cached is not None:
+            if cached[0] > now:
+                raise cached[1]
+            del self._refused_topics[topic]
+        client = self.producer.client
+        error: type[BaseException] = kafka_errors.NoError
+        for attempt in range(3):
+            node = client.get_random_node()
+            if node is None:
+                return  # no metadata at all yet: the caller's wait decides
+            response = await client.send(node, MetadataRequest([topic]))
+            code = next((t[0] for t in response.topics if t[1] == topic), 0)
+            error = kafka_errors.for_code(code)
+            if error not in PERMANENT:
+                return
+            if error is not kafka_errors.UnknownTopicOrPartitionError:
+                break
+            if attempt < 2:  # a topic created a moment ago may not be known to every broker yet
+                await asyncio.sleep(0.1)
+        refusal = SinkRefused(f"Kafka refuses topic {topic!r}: {error.__name__}", topic=topic,
+                              reason=PERMANENT[error])
+        if len(self._refused_topics) > 10_000:
+            self._refused_topics.clear()
+        self._refused_topics[topic] = (time.monotonic() + REFUSAL_TTL, refusal)
+        raise refusal
 
     async def _partitions(self, topic: str) -> list[int]:
         parts = self.producer.client.cluster.partitions_for_topic(topic)
         if not parts:
             await self._ensure_bootstrapped()
+            await self._check_topic(topic)
             parts = await self.producer.partitions_for(topic)
         return sorted(parts)
 
@@ -217,19 +317,35 @@ class KafkaSink:
             p = cache[(topic, key)] = parts[(murmur2(key) & 0x7FFFFFFF) % len(parts)]
         return p
 
-    async def submit(self, records: Sequence[Record]) -> list[asyncio.Future[None]]:
-        """Put records into batches; return, for each record, the future of its batch.
+    async def submit(self, records: Sequence[Record], whole: bool = False
+                     ) -> tuple[list[Record], list[tuple[asyncio.Future[Any], int]], list[tuple[Record, SinkRefused]]]:
+        """Put records into batches.
 
-        Raises SinkError when Kafka's metadata for a topic cannot be had. All awaiting
-        happens before the first record is added, so a cancelled submit adds nothing.
+        Returns the records sent, for each of them ``(future of its batch, index in the
+        batch)`` (the future resolves to None, or after a split to each record's error), and
+        the records of topics Kafka refuses for good. With ``whole``, a refused topic sends
+        nothing at all. Raises SinkError when metadata cannot be had. All awaiting happens
+        before the first record is added, so a cancelled submit adds nothing.
         """
         partitions: dict[str, list[int]] = {}
+        refused_topics: dict[str, SinkRefused] = {}
         for rec in records:
-            if rec.topic not in partitions:
+            topic = rec.topic
+            if topic not in partitions and topic not in refused_topics:
                 try:
-                    partitions[rec.topic] = await self._partitions(rec.topic)
+                    partitions[topic] = await self._partitions(topic)
+                except SinkRefused as exc:
+                    refused_topics[topic] = exc
+                    if whole:
+                        break
                 except (KafkaError, OSError) as exc:
-                    raise SinkError(f"no metadata for topic {rec.topic}: {exc!r}") from exc
+                    raise translate(exc) from exc
+        refused: list[tuple[Record, SinkRefused]] = []
+        if refused_topics:
+            refused = [(rec, refused_topics[rec.topic]) for rec in records if rec.topic in refused_topics]
+            if whole:
+                return [], [], refused
+            records = [rec for rec in records if rec.topic not in refused_topics]
         sticky = {topic: parts[random.randrange(len(parts))] for topic, parts in partitions.items()}
         groups: dict[tuple[str, int], list[Record]] = {}
         lane_of: list[tuple[str, int]] = []
@@ -245,44 +361,66 @@ class KafkaSink:
             group.append(rec)
             lane_of.append(tp)
         lanes = self._lanes
-        futures_of: dict[tuple[str, int], list[asyncio.Future[None]]] = {}
+        futures_of: dict[tuple[str, int], list[tuple[asyncio.Future[Any], int]]] = {}
         for tp, group in groups.items():
             lane = lanes.get(tp)
             if lane is None:
                 lane = lanes[tp] = _Lane(self, tp[0], tp[1], hash(tp) % len(self.producers))
-            futs: list[asyncio.Future[None]] = []
+            futs: list[tuple[asyncio.Future[Any], int]] = []
             lane.add(group, futs)
             futs.reverse()
             futures_of[tp] = futs
-        return [futures_of[tp].pop() for tp in lane_of]
+        return list(records), [futures_of[tp].pop() for tp in lane_of], refused
 
-    async def send_within(self, records: Sequence[Record], timeout: float) -> tuple[list[Record], str | None]:
+    async def send_within(self, records: Sequence[Record], timeout: float, *, whole: bool = False) -> Delivery:
         """Send and wait at most ``timeout`` seconds for Kafka's acks.
 
-        Returns the records Kafka did not acknowledge (to be kept elsewhere) and the
-        first error, or ``([], None)``. A batch given up on may still be acknowledged
-        later: ``on_late_ack`` counts those records (they will reach Kafka twice).
+        ``whole`` (a client's call, answered as one): a record Kafka refuses for good ends
+        the wait at once, and a refused topic sends nothing. Otherwise (the drain) every
+        record's fate is waited for. A batch given up on may still be acknowledged later:
+        ``on_late_ack`` counts those records (they will reach Kafka twice).
         """
-        deadline = asyncio.get_running_loop().time() + timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         try:
-            futures = await asyncio.wait_for(self.submit(records), timeout)
+            sent, futures, refused = await asyncio.wait_for(self.submit(records, whole), timeout)
         except (SinkError, TimeoutError) as exc:
-            return list(records), repr(exc) if str(exc) else f"no metadata within {timeout:g}s"
-        unique = set(futures)
-        remaining = max(0.0, deadline - asyncio.get_running_loop().time())
-        _, pending = await asyncio.wait(unique, timeout=remaining)
-        failed = {f for f in unique if f in pending or f.exception() is not None}
-        if not failed:
-            return [], None
-        if self.on_late_ack is not None:
-            for fut in pending:
-                n = futures.count(fut)
-                fut.add_done_callback(lambda f, n=n: self._late(f, n))  # type: ignore[misc]
-        first = next((f.exception() for f in failed if f not in pending), None)
-        error = repr(first) if first is not None else f"no ack within {timeout:g}s"
-        return [rec for rec, fut in zip(records, futures, strict=True) if fut in failed], error
+            return Delivery(list(records), repr(exc) if str(exc) else f"no metadata within {timeout:g}s")
+        delivery = Delivery(refused=refused)
+        if not futures:
+            return delivery
+        unique = {fut for fut, _ in futures}
+        remaining = max(0.0, deadline - loop.time())
+        _, pending = await asyncio.wait(unique, timeout=remaining,
+                                        return_when=asyncio.FIRST_EXCEPTION if whole else asyncio.ALL_COMPLETED)
+        for rec, (fut, index) in zip(sent, futures, strict=True):
+            if fut in pending:
+                delivery.unacked.append(rec)
+                continue
+            exc = fut.exception()
+            if exc is None:
+                outcome = fut.result()
+                if outcome is None or (exc := outcome[index]) is None:
+                    continue
+            if isinstance(exc, SinkRefused):
+                delivery.refused.append((rec, exc))
+            else:
+                delivery.unacked.append(rec)
+                if delivery.error is None:
+                    delivery.error = repr(exc)
+        if pending:
+            if delivery.error is None:
+                delivery.error = f"no ack within {timeout:g}s"
+            if self.on_late_ack is not None:
+                counts: dict[asyncio.Future[Any], int] = {}
+                for fut, _ in futures:
+                    if fut in pending:
+                        counts[fut] = counts.get(fut, 0) + 1
+                for fut, n in counts.items():
+                    fut.add_done_callback(lambda f, n=n: self._late(f, n))  # type: ignore[misc]
+        return delivery
 
-    def _late(self, fut: asyncio.Future[None], n: int) -> None:
+    def _late(self, fut: asyncio.Future[Any], n: int) -> None:
         if not fut.cancelled() and fut.exception() is None and self.on_late_ack is not None:
             self.on_late_ack(n)
 

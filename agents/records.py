@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import NamedTuple
+
+from topology.errors import SinkRefused
 
 #: a list (not a tuple): aiokafka's record batch builder takes exactly a list
 Headers = list[tuple[str, bytes]] | tuple[tuple[str, bytes], ...]
@@ -30,3 +33,20 @@ class Record(NamedTuple):
         return len(self.value) + len(self.topic) + (len(self.key) if self.key else 0) + sum(
             len(k) + len(v) for k, v in self.headers
         )
+
+
+@dataclass(slots=True)
+class Delivery:
+    """What Kafka made of a send.
+
+    ``unacked``: not acknowledged for a retriable reason (keep them elsewhere), with the
+    first such ``error``; ``refused``: refused for good, each with Kafka's reason.
+    """
+
+    unacked: list[Record] = field(default_factory=list)
+    error: str | None = None
+    refused: list[tuple[Record, SinkRefused]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.unacked and not self.refused

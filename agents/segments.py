@@ -22,7 +22,7 @@ Damage: a *torn tail* (an incomplete frame at end of file with nothing valid
 after it, i.e. a crash mid-append, never acknowledged) is truncated. A *corrupt
 range* runs from a bad frame to the next offset where a frame with the magic, a
 sane length, a matching CRC and a decodable payload starts (resynchronising);
-recovery copies the ranges to ``quarantine_dir/{segment}@{offset}.corrupt`` =
+recovery copies the ranges (and a torn tail) to ``quarantine_dir/{segment}@{offset}.corrupt`` =
 ``b"SPWQRN1\n" (offset:u64 | length:u32 | bytes)*`` and rewrites the segment
 without them. A file with a wrong header moves to quarantine whole
 (``{segment}.badheader``); one holding only part of a header (torn at creation)
@@ -249,27 +249,40 @@ def _resync(w: _Window, start: int, size: int) -> int | None:
     return None
 
 
-def iter_records(path: Path | str, start_offset: int = HEADER_LEN) -> Iterator[tuple[int, int, Record]]:
+def iter_records(path: Path | str, start_offset: int = HEADER_LEN,
+                 end: int | None = None) -> Iterator[tuple[int, int, Record]]:
     """Yield ``(offset, next_offset, record)`` for each frame from ``start_offset``.
 
-    Reads in CHUNK_BYTES windows. Stops quietly at a torn tail (an incomplete frame
-    at end of file with nothing valid after it); raises CorruptRecord(segment=...,
-    offset=...) on a bad file header, a bad magic or length, a CRC mismatch, an
-    undecodable payload, or a length running past the end with valid frames after.
+    Reads in CHUNK_BYTES windows. Without ``end`` it stops quietly at a torn tail (an
+    incomplete frame at end of file with nothing valid after it: a crash mid-append,
+    never acknowledged). With ``end`` (the size the buffer recorded for a closed
+    segment) it reads up to ``end`` and raises CorruptRecord unless the frames reach
+    exactly that far: a closed segment that ends early, or in a torn frame, was damaged.
+    Raises CorruptRecord(segment=..., offset=...) on a bad file header, a bad magic or
+    length, a CRC mismatch, an undecodable payload, or a length running past the end
+    with valid frames after.
     """
     seg = str(path)
     with open(path, "rb", buffering=0) as f:
         size = os.fstat(f.fileno()).st_size
+        if end is not None:
+            size = min(size, end)
         if f.read(HEADER_LEN) != FILE_HEADER:
             raise CorruptRecord("bad segment file header", segment=seg, offset=0)
         w, off = _Window(f), max(start_offset, HEADER_LEN)
         while True:
             status, payload = _probe(w, off, size)
             if status == _END:
+                if end is not None and off != end:
+                    raise CorruptRecord(f"segment ends at byte {off}, the buffer recorded {end}",
+                                        segment=seg, offset=off)
                 return
             if status == _TORN:  # a damaged length must not hide the frames after it
                 if size - off >= FRAME_HEADER_LEN and _resync(w, off + 1, size) is not None:
                     raise CorruptRecord("frame runs past end of file, valid frames follow", segment=seg, offset=off)
+                if end is not None:
+                    raise CorruptRecord(f"torn frame in a closed segment recorded as {end} bytes",
+                                        segment=seg, offset=off)
                 return
             if status == _BAD:
                 raise CorruptRecord("bad frame (magic, length or CRC)", segment=seg, offset=off)
@@ -383,6 +396,30 @@ class RecoveryReport:
     quarantined_ranges: tuple[tuple[int, int], ...]
     quarantine_file: Path | None
     quarantined_whole: bool = False
+    original_size: int = 0  # the file's size before recovery
+
+    @property
+    def removed(self) -> tuple[tuple[int, int], ...]:
+        """Every (offset, length) range taken out of the file, in file order (a torn tail last)."""
+        if not self.torn_bytes_truncated or self.quarantined_whole:
+            return self.quarantined_ranges
+        tail = (self.original_size - self.torn_bytes_truncated, self.torn_bytes_truncated)
+        return (*self.quarantined_ranges, tail)
+
+
+def shift_offset(offset: int, removed: Iterable[tuple[int, int]]) -> int:
+    """Where byte ``offset`` of a file lands once the ``removed`` ranges are cut out.
+
+    An offset inside a removed range maps to where that range was: the first byte after
+    the kept data before it, so nothing after the range is skipped."""
+    shift = 0
+    for start, length in removed:
+        if start >= offset:
+            break
+        if start + length > offset:
+            return start - shift
+        shift += length
+    return offset - shift
 
 
 def fsync_dir(directory: Path) -> None:
@@ -450,18 +487,23 @@ def recover_segment(path: Path | str, quarantine_dir: Path | str) -> RecoveryRep
                 f.flush()
                 os.fsync(f.fileno())
             logger.warning("segment %s: torn file header (%d bytes) rewritten", path, scan.size)
-            return RecoveryReport(path, 0, HEADER_LEN, None, scan.size, (), None)
+            return RecoveryReport(path, 0, HEADER_LEN, None, scan.size, (), None, original_size=scan.size)
         qdir.mkdir(parents=True, exist_ok=True)
         target = _free_name(qdir / f"{path.name}.badheader")
         os.replace(path, target)
         fsync_dir(qdir)
         fsync_dir(path.parent)
         logger.warning("segment %s: bad file header, %d bytes moved to %s", path, scan.size, target)
-        return RecoveryReport(path, 0, 0, None, 0, scan.corrupt, target, quarantined_whole=True)
+        return RecoveryReport(path, 0, 0, None, 0, scan.corrupt, target, quarantined_whole=True,
+                              original_size=scan.size)
     qfile = None
-    if scan.corrupt:
+    # A torn tail is kept aside too: on the active segment it is an unacknowledged append cut
+    # short, but on a closed one it is damage, and its bytes are evidence.
+    aside = scan.corrupt + (((scan.size - scan.torn_tail_bytes, scan.torn_tail_bytes),) if scan.torn_tail_bytes else ())
+    if aside:
         qdir.mkdir(parents=True, exist_ok=True)
-        qfile = _write_quarantine(path, scan.corrupt, qdir)
+        qfile = _write_quarantine(path, aside, qdir)
+    if scan.corrupt:
         for offset, length in scan.corrupt:
             logger.warning("segment %s: corrupt range at offset %d (%d bytes) quarantined in %s",
                            path, offset, length, qfile)
@@ -475,4 +517,4 @@ def recover_segment(path: Path | str, quarantine_dir: Path | str) -> RecoveryRep
         logger.warning("segment %s: torn tail of %d bytes truncated at offset %d",
                        path, scan.torn_tail_bytes, scan.size - scan.torn_tail_bytes)
     return RecoveryReport(path, scan.events, scan.valid_bytes, scan.first_ts,
-                          scan.torn_tail_bytes, scan.corrupt, qfile)
+                          scan.torn_tail_bytes, scan.corrupt, qfile, original_size=scan.size)

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from agents.records import Record
+from agents.records import Delivery, Record
 from agents.thrift_source import Status
 from topology.errors import BufferError, BufferFull
 from topology.metrics import Metrics
@@ -93,7 +93,7 @@ class Failover:
 
 
 class Sink(Protocol):
-    async def send_within(self, records: Sequence[Record], timeout: float) -> tuple[list[Record], str | None]: ...
+    async def send_within(self, records: Sequence[Record], timeout: float, *, whole: bool = False) -> Delivery: ...
     async def probe(self, timeout: float) -> bool: ...
 
 
@@ -129,7 +129,10 @@ class Supervisor:
         """Make ``records`` durable and answer the Status for the call that brought them."""
         to_disk: Sequence[Record] = records
         if self.failover.kafka_usable:
-            to_disk = await self._try_kafka(records)
+            delivery = await self._try_kafka(records)
+            if delivery.refused:
+                return self._refuse(records, delivery)
+            to_disk = delivery.unacked
             if not to_disk:
                 return Status.OK
         try:
@@ -147,16 +150,29 @@ class Supervisor:
         self._spilled_during_outage += len(to_disk)
         return Status.OK
 
-    async def _try_kafka(self, records: Sequence[Record]) -> Sequence[Record]:
-        """Send to Kafka within failover.timeout; return the records Kafka did not acknowledge."""
-        left, error = await self.sink.send_within(records, self.settings.timeout)
-        if error is None:
+    def _refuse(self, records: Sequence[Record], delivery: Delivery) -> int:
+        """Kafka refuses part of the call for good: the call is answered ERROR whole, Kafka stays up.
+
+        Nothing goes to disk (the client must fix the call); events of it that Kafka already
+        acknowledged stay there, and a client resending the rest may duplicate them.
+        """
+        record, refusal = delivery.refused[0]
+        self.metrics.refused.labels(reason=refusal.reason).inc(len(records))
+        self._throttled.log(logging.WARNING, f"refused:{refusal.reason}",
+                            "Kafka refuses topic %s for good (%s): answering ERROR for a call of %d events; "
+                            "Kafka stays up for everyone else", record.topic, refusal, len(records))
+        return Status.ERROR
+
+    async def _try_kafka(self, records: Sequence[Record]) -> Delivery:
+        """Send to Kafka within failover.timeout; report the outcome to the supervisor agent."""
+        delivery = await self.sink.send_within(records, self.settings.timeout, whole=True)
+        if delivery.unacked:
+            await self.report(Outcome(False, len(delivery.unacked), delivery.error or "not acknowledged"))
+        elif not delivery.refused:
             self._acked_kafka.inc(len(records))
             if self.failover.failures:
                 await self.report(Outcome(True, len(records)))
-            return ()
-        await self.report(Outcome(False, len(left), error))
-        return left
+        return delivery
 
     async def observe(self, outcome: Outcome) -> None:
         """Apply one outcome of a live batch to the failover state (the supervisor agent's body)."""

@@ -14,6 +14,7 @@ from faust.app.base import BootStrategy
 
 from agents.supervisor import Outcome
 from topology.errors import ConfigError
+from agents.thrift_source import Status
 from topology.pipeline import Envelope, Pipeline
 from topology.settings import Settings, load_settings
 
@@ -71,6 +72,8 @@ async def router(calls: faust.StreamT[Envelope]) -> None:
     async for envelope in calls:
         if pipeline is not None:
             pipeline.dispatch(envelope)
+        elif not envelope.reply.done():
+            envelope.reply.set_result(Status.FAILED)  # not wired yet: never drop a call silently
 
 
 @app.agent(outcomes)

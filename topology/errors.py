@@ -6,7 +6,10 @@
      │    └── FrameError       a frame is malformed, truncated or too large
      ├── RoutingError          an event cannot be routed (topic refused, ...)
      ├── SinkError             Kafka did not acknowledge (retriable)
-     │    └── SinkTimeout      ... within the failover timeout
+     │    ├── SinkTimeout      ... within the failover timeout
+     │    └── SinkRefused      Kafka refuses the record for good (not retriable):
+     │                         unknown topic with auto-create off, record too large,
+     │                         not authorised; ``reason`` is the metric label
      └── BufferError           the disk buffer cannot take or give events
           ├── BufferFull       the byte budget is reached (retriable)
           └── CorruptRecord    a record fails its CRC or does not decode
@@ -48,6 +51,18 @@ class SinkError(SpillwayError):
 
 class SinkTimeout(SinkError):
     pass
+
+
+class SinkRefused(SinkError):
+    """Kafka refuses these records for good: retrying cannot help, parking Kafka would hurt
+    everyone else. The live path answers ERROR; the drain sets them aside (undeliverable)."""
+
+    retriable = False
+
+    def __init__(self, message: str, *, topic: str | None = None, reason: str = "refused") -> None:
+        super().__init__(message)
+        self.topic = topic
+        self.reason = reason
 
 
 class BufferError(SpillwayError):  # noqa: A001 - deliberately ours, never the builtin

@@ -48,7 +48,15 @@ class Metrics:
         self.quarantined = Counter("spillway_buffer_quarantined_records",
                                    "Buffer records that failed their CRC and were moved aside", registry=r)
 
-        for reason in ("topic", "batch_too_large", "event_too_large", "too_many_headers", "headers_too_large"):
+        self.undeliverable = Counter("spillway_events_undeliverable", "Buffered events Kafka refuses for good "
+                                     "(unknown topic, too large, not authorised), moved to undeliverable/",
+                                     ["reason"], registry=r)
+        self.router_errors = Counter("spillway_router_errors", "Calls answered FAILED because routing failed "
+                                     "unexpectedly (a bug: see the log)", registry=r)
+        self.buffer_writer_restarts = Counter("spillway_buffer_writer_restarts", "Times the disk buffer's writer "
+                                              "task died and was restarted", registry=r)
+        for reason in ("topic", "batch_too_large", "event_too_large", "too_many_headers", "headers_too_large",
+                       "unknown_topic", "too_large", "not_authorized", "invalid_topic", "policy"):
             self.refused.labels(reason=reason)  # present from the start, at 0
         for sink in ("kafka", "disk"):
             self.acked.labels(sink=sink)

@@ -76,6 +76,9 @@ class Pipeline(Service):
     async def on_start(self) -> None:
         drop_debug_overhead()
         throttle_library_logs()
+        if not self.settings.buffer.fsync:
+            logger.warning("buffer.fsync is false: events answered OK from the disk buffer are NOT durable "
+                           "(a crash or power cut can lose them); /status shows durable: false")
         await self.buffer.start()
         await self.sink.start()
         await self.source.start()
@@ -136,6 +139,13 @@ class Pipeline(Service):
             self.metrics.refused.labels(reason="topic").inc(len(envelope.events))
             self._throttled.log(logging.WARNING, "route", "router: ERROR for a call: %s", exc)
             _answer(envelope.reply, Status.ERROR)
+            return
+        except Exception:  # a bug must cost this call a retry, never the router agent
+            self.metrics.router_errors.inc()
+            self.metrics.failed.inc(len(envelope.events))
+            logger.exception("router: unexpected error routing a call of %d events; answering FAILED",
+                             len(envelope.events))
+            _answer(envelope.reply, Status.FAILED)
             return
         task = asyncio.create_task(self._deliver(records, envelope.reply))
         self._inflight.add(task)

@@ -172,8 +172,11 @@ async def health(self: web.View, request: web.Request) -> web.Response:
 @app.page("/ready")
 async def ready(self: web.View, request: web.Request) -> web.Response:
     p = topo.pipeline
-    ok = p is not None and p.source.listening
-    return self.json({"ready": ok}, status=200 if ok else 503)
+    ok = p is not None and p.source.listening and p.buffer.healthy
+    doc: dict[str, Any] = {"ready": ok}
+    if p is not None:
+        doc.update(source=p.source.listening, buffer=p.buffer.healthy)
+    return self.json(doc, status=200 if ok else 503)
 
 
 def status_document() -> dict[str, Any]:
@@ -203,7 +206,12 @@ def status_document() -> dict[str, Any]:
         "buffer": {"directory": str(p.settings.buffer.directory), "bytes": b.bytes, "events": b.events,
                    "segments": b.segments, "max_bytes": p.settings.buffer.max_bytes,
                    "oldest_event_age_seconds": round(counters.get(OLDEST_AGE, 0.0), 1),
-                   "fsyncs": b.fsyncs, "quarantined_records": b.quarantined_records},
+                   "fsyncs": b.fsyncs, "quarantined_records": b.quarantined_records,
+                   "durable": p.settings.buffer.fsync, "writer": "up" if p.buffer.healthy else "down",
+                   "writer_restarts": p.buffer.writer_restarts},
+        "undeliverable": {"directory": str(p.drain.undeliverable_dir),
+                          "events_total": int(sum(v for k, v in counters.items()
+                                                  if k.startswith("spillway_events_undeliverable_total")))},
         "drain": {"segment": p.drain.current, "drained_total": p.drain.drained_total,
                   "archived_total": count("spillway_events_archived_total"),
                   "max_age_seconds": float(p.settings.drain.max_age)},

@@ -279,9 +279,59 @@ async def test_writer_that_dies_fails_every_waiting_append(
     monkeypatch.setattr(buf, "_commit", broken_commit)
     results = await asyncio.gather(*(buf.append(batch(i)) for i in range(5)), return_exceptions=True)
     assert all(isinstance(r, BufferError) for r in results)
-    assert "writer died" in caplog.text
+    assert "writer task DIED" in caplog.text
     with pytest.raises(BufferError):
         await buf.append(batch(0))
+
+
+@pytest.mark.asyncio
+async def test_writer_that_dies_is_reported_unhealthy_then_restarted_and_appends_work_again(
+    make_buffer: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(disk_buffer_module, "WRITER_RESTART_DELAY", 0.05)
+    buf = await make_buffer()
+    await buf.append(batch(0))  # acknowledged before the failure
+    real_commit = buf._commit
+    calls = {"n": 0}
+
+    async def commit_that_fails_once(items: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("bug")
+        await real_commit(items)
+
+    monkeypatch.setattr(buf, "_commit", commit_that_fails_once)
+    assert buf.healthy
+    with pytest.raises(BufferError):
+        await buf.append(batch(1))
+    assert not buf.healthy  # /ready tells the truth while the writer is down
+    assert "writer task DIED" in caplog.text
+    await asyncio.sleep(0.3)
+    assert buf.healthy and buf.writer_restarts == 1
+    await buf.append(batch(2))
+    await buf.roll()
+    seen = [r for p in buf.closed_segments() for _, _, r in iter_records(p)]
+    assert seen == batch(0) + batch(2)
+
+
+@pytest.mark.asyncio
+async def test_writer_that_keeps_dying_stays_down_and_unhealthy(
+    make_buffer: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(disk_buffer_module, "WRITER_RESTART_DELAY", 0.01)
+    buf = await make_buffer()
+
+    async def broken_commit(items: Any) -> None:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(buf, "_commit", broken_commit)
+    for _ in range(disk_buffer_module.WRITER_MAX_RESTARTS + 1):
+        with pytest.raises(BufferError):
+            await buf.append(batch(1))
+        await asyncio.sleep(0.1)
+    assert not buf.healthy
+    assert buf.writer_restarts == disk_buffer_module.WRITER_MAX_RESTARTS
+    assert "not restarting it" in caplog.text
 
 
 @pytest.mark.asyncio

@@ -23,6 +23,7 @@ from agents.segments import (
     parse_frame_header,
     recover_segment,
     scan_segment,
+    shift_offset,
 )
 from topology.errors import CorruptRecord
 
@@ -112,7 +113,7 @@ def test_scan_counts_events_per_topic_and_first_and_last_timestamps(tmp_path: Pa
     assert (scan.first_ts, scan.last_ts) == (rec(1).timestamp_ms, rec(3).timestamp_ms)
 
 
-def test_torn_tail_is_truncated_on_recovery_and_the_rest_kept(tmp_path: Path) -> None:
+def test_torn_tail_is_truncated_on_recovery_kept_aside_and_the_rest_kept(tmp_path: Path) -> None:
     path, qdir = tmp_path / "a.seg", tmp_path / "q"
     records = [rec(i) for i in range(3)]
     partial = encode_record(rec(99))[:-5]
@@ -124,7 +125,10 @@ def test_torn_tail_is_truncated_on_recovery_and_the_rest_kept(tmp_path: Path) ->
 
     assert report.kept_events == 3
     assert report.torn_bytes_truncated == len(partial)
-    assert report.quarantine_file is None and report.quarantined_ranges == ()
+    assert report.quarantined_ranges == ()
+    # the torn bytes are evidence (on a closed segment they are damage): kept in quarantine
+    assert report.quarantine_file is not None and report.quarantine_file.read_bytes().endswith(partial)
+    assert report.removed == ((report.kept_bytes, len(partial)),)
     assert path.stat().st_size == report.kept_bytes
     assert read_all(path) == records
     assert scan_segment(path).clean
@@ -240,3 +244,31 @@ def test_four_gigabyte_length_prefix_is_refused_without_allocating(tmp_path: Pat
     assert peak < 4 * segments.CHUNK_BYTES
     assert scan.events == 2 and len(scan.corrupt) == 1
     assert scan.corrupt[0][0] > HEADER_LEN
+
+
+def test_closed_segment_read_to_its_recorded_size_refuses_a_torn_or_short_end(tmp_path: Path) -> None:
+    path = tmp_path / "a.seg"
+    records = [rec(i) for i in range(3)]
+    write_segment(path, records)
+    size = path.stat().st_size
+    assert [r for _, _, r in iter_records(path, end=size)] == records
+    with open(path, "r+b") as f:  # damage: the last frame loses its end
+        f.truncate(size - 5)
+    assert len(read_all(path)) == 2  # without the recorded size it looks like a crash's torn tail
+    with pytest.raises(CorruptRecord):
+        list(iter_records(path, end=size))
+    frames = [end for _, end, _ in iter_records(path)]
+    with open(path, "r+b") as f:  # cut exactly at a frame boundary: still short of the recorded size
+        f.truncate(frames[-1])
+    with pytest.raises(CorruptRecord):
+        list(iter_records(path, end=size))
+
+
+def test_shift_offset_maps_progress_across_removed_ranges() -> None:
+    removed = ((100, 50), (300, 20))
+    assert shift_offset(80, removed) == 80
+    assert shift_offset(100, removed) == 100  # the next frame began where the damage did
+    assert shift_offset(120, removed) == 100  # inside damage: resume where it was cut out
+    assert shift_offset(150, removed) == 100
+    assert shift_offset(310, removed) == 250
+    assert shift_offset(400, removed) == 330

@@ -23,7 +23,7 @@ from faust.cli import argument, option
 
 from agents.drain import PROGRESS_FILE, RateLimiter, Sender, drain_segment, read_progress, segment_lock
 from agents.kafka_sink import KafkaSink
-from agents.records import Record
+from agents.records import Delivery, Record
 from agents.segments import iter_records, scan_segment
 from topology.app import app
 from topology.commands.base import SpillwayCommand
@@ -51,23 +51,27 @@ class CountingSender:
         self.sink = sink
         self.restamp = restamp
         self.acked: dict[str, int] = {}
+        self.refused: dict[str, int] = {}  # "topic: Kafka's reason" -> events refused for good
         self.old = 0  # acknowledged with an original timestamp older than OLD_MS
 
     async def send_within(self, records: Sequence[Record],
-                          timeout: float) -> tuple[list[Record], str | None]:  # noqa: ASYNC109 - the Sender protocol
+                          timeout: float) -> Delivery:  # noqa: ASYNC109 - the Sender protocol
         if self.sink is None:
             raise RuntimeError("a dry run sends nothing")
         now = time.time_ns() // 1_000_000
         if self.restamp:
             records = [r._replace(timestamp_ms=now) for r in records]
-        left, error = await self.sink.send_within(records, timeout)
+        delivery = await self.sink.send_within(records, timeout)
         for rec in records:
             self.acked[rec.topic] = self.acked.get(rec.topic, 0) + 1
             self.old += rec.timestamp_ms < now - OLD_MS
-        for rec in left:
+        for rec in (*delivery.unacked, *(r for r, _ in delivery.refused)):
             self.acked[rec.topic] -= 1
             self.old -= rec.timestamp_ms < now - OLD_MS
-        return left, error
+        for rec, why in delivery.refused:
+            key = f"{rec.topic}: {why}"
+            self.refused[key] = self.refused.get(key, 0) + 1
+        return delivery
 
 
 def count_kept(path: Path, start: int, keep: RecordFilter) -> int:
@@ -137,6 +141,10 @@ class Replay:
         self.progress.clear()
         if not self.dry_run:
             self.tally.add({topic: n for topic, n in self.sender.acked.items() if n})
+            for what, n in self.sender.refused.items():
+                self.tally.failed += n
+                self.cmd.err(f"Kafka refuses {n} event(s) for good ({what}); they were not replayed. Fix the "
+                             f"cause (e.g. create the topic), then replay these files again")
         if self.sender.old:
             self.cmd.err(f"warning: {self.sender.old} event(s) were sent with their original timestamps, older than "
                          f"7 days: a topic with Kafka's default retention.ms deletes them at its next retention "
@@ -185,7 +193,7 @@ class Replay:
             def before(first: int, end: int, n: int) -> None:
                 chunk["first"] = first
 
-            def after(end: int, sent: int, archived: int) -> None:
+            def after(end: int, sent: int, archived: int, refused: int) -> None:
                 chunk["sent_before"] = sent
                 self.progress.done = acked_before + sent
                 self.progress.show(end)
