@@ -30,6 +30,7 @@ from aiokafka import errors as kafka_errors
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
 from aiokafka.protocol.metadata import MetadataRequest
+from aiokafka.structs import TopicPartition
 
 from agents.records import Delivery, Record
 from topology.errors import SinkError, SinkRefused
@@ -49,6 +50,11 @@ PERMANENT: dict[type[BaseException], str] = {
     kafka_errors.UnknownTopicOrPartitionError: "unknown_topic",  # only as a metadata answer
 }
 _TOO_LARGE = (kafka_errors.MessageSizeTooLargeError, kafka_errors.RecordListTooLargeError)
+#: the broker and this producer disagree on sequence numbers: only a new producer (a new
+#: producer id) can send to that partition again
+_PRODUCER_STATE = (kafka_errors.OutOfOrderSequenceNumber, kafka_errors.UnknownProducerId,
+                   kafka_errors.InvalidProducerEpoch, kafka_errors.InvalidProducerIdMapping,
+                   kafka_errors.ProducerFenced)
 #: how long a topic Kafka refused stays refused without asking again (a hostile client
 #: must not turn every call into a metadata request)
 REFUSAL_TTL = 2.0
@@ -115,13 +121,15 @@ class _Lane:
                     return
                 try:
                     producer = self.sink.producers[self.producer]
+                    generation = self.sink.generations[self.producer]
                     kfut = await producer.send_batch(batch, self.topic, partition=self.partition)
                 except BaseException as exc:
                     _fail(fut, exc)
                     if isinstance(exc, asyncio.CancelledError):
                         raise
                     continue
-                kfut.add_done_callback(lambda f, fut=fut, recs=recs: self._acked(f, fut, recs))  # type: ignore[misc]
+                kfut.add_done_callback(lambda f, fut=fut, recs=recs, g=generation:  # type: ignore[misc]
+                                       self._acked(f, fut, recs, g))
         except BaseException as exc:
             # Fail everything still waiting on this lane, so no caller waits forever.
             while self.queue:
@@ -133,12 +141,20 @@ class _Lane:
         finally:
             self.task = None
 
-    def _acked(self, kfut: asyncio.Future[Any], fut: asyncio.Future[Any], recs: list[Record]) -> None:
+    def _acked(self, kfut: asyncio.Future[Any], fut: asyncio.Future[Any], recs: list[Record], generation: int,
+               resent: bool = False) -> None:
         if fut.done():
             return
         if kfut.cancelled():
             _fail(fut, asyncio.CancelledError())
         elif (exc := kfut.exception()) is not None:
+            if isinstance(exc, _PRODUCER_STATE) and not resent:
+                # The broker appended nothing of it: send it again on a new producer (a new
+                # producer id, sequences from 0), once, as the Java client resets and retries.
+                self.sink.spawn(self._resend(fut, recs, generation, exc))
+                return
+            if isinstance(exc, kafka_errors.BrokerResponseError) and not exc.retriable:
+                self._unsequence(len(recs))
             if isinstance(exc, _TOO_LARGE) and len(recs) > 1:
                 # Kafka refused the batch as too large: find the record(s) it refuses, so one
                 # oversize event does not fail the events of every call that shared its batch.
@@ -147,6 +163,40 @@ class _Lane:
                 _fail(fut, exc)
         else:
             fut.set_result(None)
+
+    async def _resend(self, fut: asyncio.Future[Any], recs: list[Record], generation: int,
+                      why: BaseException) -> None:
+        try:
+            await self.sink.replace(self.producer, generation, why)
+            producer = self.sink.producers[self.producer]
+            generation = self.sink.generations[self.producer]
+            batch = producer.create_batch()
+            for rec in recs:
+                headers = rec.headers if rec.headers.__class__ is list else list(rec.headers)
+                batch.append(key=rec.key, value=rec.value, timestamp=rec.timestamp_ms, headers=headers)
+            kfut = await producer.send_batch(batch, self.topic, partition=self.partition)
+        except BaseException as exc:
+            _fail(fut, exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        kfut.add_done_callback(lambda f: self._acked(f, fut, recs, generation, resent=True))
+
+    def _unsequence(self, count: int) -> None:
+        """Give back the sequence numbers of a batch the broker refused without appending it.
+
+        aiokafka numbered it when it was sent, and never takes numbers back: the next batch
+        of this partition would then leave a gap the broker answers with
+        OutOfOrderSequenceNumber, for good. While a batch is in flight its partition is muted
+        (nothing else of it is numbered), and this runs, as the batch future's callback,
+        before the sender's loop wakes up to send the next one.
+        """
+        txn = getattr(self.sink.producers[self.producer], "_txn_manager", None)
+        numbers = getattr(txn, "_sequence_numbers", None)
+        if numbers is None:  # pragma: no cover - a different aiokafka: the rebuild path still recovers
+            return
+        tp = TopicPartition(self.topic, self.partition)
+        numbers[tp] = max(0, numbers[tp] - count)
 
     async def _split(self, fut: asyncio.Future[Any], recs: list[Record]) -> None:
         """Send each record of a refused batch alone; resolve ``fut`` with each one's error (or None)."""
@@ -161,7 +211,9 @@ class _Lane:
             results = await asyncio.gather(*kfuts, return_exceptions=True)
         except BaseException as exc:
             _fail(fut, exc)
-            raise
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
         if not fut.done():
             fut.set_result(tuple(None if not isinstance(r, BaseException) else translate(r) for r in results))
 
@@ -189,6 +241,7 @@ class KafkaSink:
         self._lanes: dict[tuple[str, int], _Lane] = {}
         self._key_partition: dict[tuple[str, bytes], int] = {}
         self._refused_topics: dict[str, tuple[float, SinkRefused]] = {}
+        self.generations: list[int] = []  # per producer slot: bumped each time it is replaced
         self._boot_lock = asyncio.Lock()
         self._started = False
 
@@ -198,6 +251,22 @@ class KafkaSink:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         return task
+
+    async def replace(self, index: int, generation: int, why: BaseException) -> None:
+        """Replace producer ``index`` with a new, started one, unless that was done since ``generation``."""
+        async with self._boot_lock:
+            if self.generations[index] != generation:
+                return
+            logger.warning("kafka sink: producer %d lost its sequence state with the broker (%r); building a "
+                           "new producer and sending its refused batches again", index, why)
+            self._swap(index)
+            await self.producers[index].start()
+
+    def _swap(self, index: int) -> None:
+        old = self.producers[index]
+        self.producers[index] = self._build()
+        self.generations[index] += 1
+        self.spawn(old.stop())
 
     def _build(self) -> AIOKafkaProducer:
         s = self.settings
@@ -229,6 +298,7 @@ class KafkaSink:
             return
         self._started = True
         self.producers = [self._build() for _ in range(self.settings.producers)]
+        self.generations = [0] * len(self.producers)
         try:
             await asyncio.wait_for(asyncio.gather(*(p.start() for p in self.producers)),
                                    self.settings.request_timeout)
@@ -260,8 +330,7 @@ class KafkaSink:
                 task = producer._sender.sender_task
                 if task is not None and task.done():
                     logger.warning("kafka sink: producer %d's sender stopped; building a new producer", i)
-                    self.producers[i] = self._build()
-                    self.spawn(producer.stop())
+                    self._swap(i)
                     producer, task = self.producers[i], None
                 if task is None:
                     await producer.start()

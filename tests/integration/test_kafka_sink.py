@@ -1,0 +1,69 @@
+"""The Kafka sink against the real broker: rebuilding a producer whose sender died."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from helpers import read_topic, unique
+
+from agents.kafka_sink import KafkaSink
+from agents.records import Record
+from devtools.kafka import Broker
+from topology.settings import Duration, KafkaSettings
+
+pytestmark = pytest.mark.kafka
+
+
+def keyed(topic: str, start: int, n: int) -> list[Record]:
+    now = int(time.time() * 1000)
+    return [Record(topic, b"one-key", (("seq", b"%d" % i),), b"%08d" % i, now) for i in range(start, start + n)]
+
+
+def test_calls_racing_after_a_producer_died_build_one_producer_keep_their_lane_and_partition_order(
+        kafka_up: Broker) -> None:
+    topic = unique("rebuild")
+
+    async def run() -> list[str]:
+        sink = KafkaSink(KafkaSettings(bootstrap_servers=kafka_up.bootstrap, request_timeout=Duration(5.0)))
+        await sink.start()
+        starts: list[int] = []
+        try:
+            assert (await sink.send_within(keyed(topic, 0, 50), 10)).ok
+            (lane,) = sink._lanes.values()
+            dead = sink.producer._sender.sender_task
+            dead.cancel()  # the sender dies, as after a fatal error
+            await asyncio.wait([dead])
+            built = sink.producers_built
+            real_build = sink._build
+
+            def counting_build() -> object:
+                producer = real_build()
+                real_start = producer.start
+
+                async def start() -> None:
+                    starts.append(1)
+                    await real_start()
+
+                producer.start = start  # type: ignore[method-assign]
+                return producer
+
+            sink._build = counting_build  # type: ignore[method-assign]
+            await asyncio.gather(*(sink._ensure_bootstrapped() for _ in range(10)))  # calls racing in
+            assert sink.producers_built == built + 1, "one new producer, not one per racing call"
+            assert len(starts) == 1, "the new producer is started once"
+            assert list(sink._lanes.values()) == [lane], "the partition's lane is kept"
+            deliveries = await asyncio.gather(*(sink.send_within(keyed(topic, 50 + 50 * i, 50), 10)
+                                                for i in range(4)))
+            return [d.error or "ok" for d in deliveries]
+        finally:
+            await sink.stop()
+
+    outcomes = asyncio.run(run())
+    assert outcomes == ["ok"] * 4
+    got = read_topic(kafka_up.bootstrap, topic, 250, settle=1.0)
+    partitions = {r.partition for r in got}
+    assert len(partitions) == 1
+    seqs = [int(r.value) for r in got]
+    assert seqs == sorted(seqs) and len(seqs) == 250  # one key: one partition, in order
