@@ -9,3 +9,10 @@ command -v "$PY" >/dev/null || PY=python3
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
 .venv/bin/python -m devtools.kafka fetch >/dev/null
 bash scripts/install-chromium.sh   # Debian's chromium, for the status page test (root: apt-get)
+# FUSE (libfuse3 + fusermount3) for the power-cut filesystem of tests/powercut.py (mfusepy
+# loads libfuse3.so.3 through ctypes); skipped when already there. Needs root (or sudo).
+if ! command -v fusermount3 >/dev/null || ! dpkg -s libfuse3-3 >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends fuse3 libfuse3-3
+fi
