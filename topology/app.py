@@ -1,20 +1,29 @@
 """The one Faust app: channels, agents, timers. Read this file to see the pipeline.
 
+    Thrift source ──► ingress ──► router agent ──► supervisor: Kafka sink, else disk buffer
+                                                        ▲ outcomes
+    probe timer (a parked Kafka) ──────────────────────┘
+    drain timer: closed buffer segments ──► Kafka, each event to its own topic
+
 Faust's own Kafka machinery is off (:class:`NoKafka`): an edge collector must start
 and take events precisely when Kafka is down. The Kafka sink owns its producer.
+
+The node's stages are built here, once, from the settings (``node``; nothing is started
+or opened until the worker starts it). The web views (``topology/views.py``) and the CLI
+commands (``topology/commands/``) register themselves with ``app`` when Faust's
+autodiscovery imports them at start, so this module imports neither.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import faust
 from faust.app.base import BootStrategy
 
 from agents.supervisor import Outcome
-from topology.errors import ConfigError
 from agents.thrift_source import Status
+from topology.errors import ConfigError
 from topology.pipeline import Envelope, Pipeline
 from topology.settings import Settings, load_settings
 
@@ -41,7 +50,8 @@ app = SpillwayApp(
     web_host=settings.web.host,
     web_port=settings.web.port,
     web_in_thread=False,
-    autodiscover=False,
+    autodiscover=["topology.views", "topology.commands"],
+    origin="topology.app",
     store="memory://",
     topic_disable_leader=True,
 )
@@ -51,60 +61,59 @@ ingress = app.channel()
 #: sink outcomes -> supervisor
 outcomes = app.channel()
 
-pipeline: Pipeline | None = None
 
-
-@app.service
 class Node(Pipeline):
     """The node's stages, started with the worker (after agents, before timers fire)."""
 
-    def __init__(self, **kwargs: Any) -> None:
-        global pipeline
+    async def on_start(self) -> None:
         if config_error is not None:
             raise SystemExit(f"spillway: invalid configuration: {config_error}")
-        super().__init__(settings, ingress, outcomes, **kwargs)
-        pipeline = self
+        await super().on_start()
+
+
+#: every stage of this node, built from the settings; started and stopped by the worker
+node = app.service(Node(settings, ingress, outcomes))
 
 
 @app.agent(ingress)
 async def router(calls: faust.StreamT[Envelope]) -> None:
     """Routes each call's events to their topics and hands them to the supervisor."""
     async for envelope in calls:
-        if pipeline is not None:
-            pipeline.dispatch(envelope)
-        elif not envelope.reply.done():
-            envelope.reply.set_result(Status.FAILED)  # not wired yet: never drop a call silently
+        try:
+            node.dispatch(envelope)
+        except Exception:  # dispatch answers every call itself; this is the last line of defence
+            logger.exception("router agent: dispatch failed; answering FAILED")
+            if not envelope.reply.done():
+                envelope.reply.set_result(Status.FAILED)
 
 
 @app.agent(outcomes)
 async def supervisor(stream: faust.StreamT[Outcome]) -> None:
     """Applies the Kafka sink's outcomes to the failover state (parks a failing Kafka)."""
     async for outcome in stream:
-        if pipeline is not None:
-            try:
-                await pipeline.kafka_supervisor.observe(outcome)
-            except Exception:
-                logger.exception("supervisor: could not apply %r", outcome)
+        try:
+            await node.kafka_supervisor.observe(outcome)
+        except Exception:
+            logger.exception("supervisor: could not apply %r", outcome)
 
 
 @app.timer(interval=settings.failover.probe_interval)
 async def probe() -> None:
     """Probes a parked Kafka when its penalty is over."""
-    if pipeline is not None:
-        try:
-            await pipeline.kafka_supervisor.tick()
-        except Exception:
-            logger.exception("probe timer: unexpected error")
+    if not node.source.listening:  # not started yet, or stopping
+        return
+    try:
+        await node.kafka_supervisor.tick()
+    except Exception:
+        logger.exception("probe timer: unexpected error")
 
 
 @app.timer(interval=settings.drain.interval)
 async def drain() -> None:
     """Drains closed buffer segments into Kafka while Kafka is up."""
-    if pipeline is not None:
-        try:
-            await pipeline.drain.run_once()
-        except Exception:
-            logger.exception("drain timer: unexpected error")
-
-
-from topology import commands, views  # noqa: E402,F401  - registers the CLI commands and web views
+    if not node.source.listening:
+        return
+    try:
+        await node.drain.run_once()
+    except Exception:
+        logger.exception("drain timer: unexpected error")

@@ -129,8 +129,8 @@ def observe(p: Pipeline, h: History = history) -> Sample | None:
 async def sample_history() -> None:
     """Adds one sample a second to :data:`history`; never raises (that would stop the worker)."""
     global _sampler_failed
-    p = topo.pipeline
-    if p is None:
+    p = topo.node
+    if not p.source.listening:
         return
     try:
         observe(p)
@@ -171,17 +171,15 @@ async def health(self: web.View, request: web.Request) -> web.Response:
 
 @app.page("/ready")
 async def ready(self: web.View, request: web.Request) -> web.Response:
-    p = topo.pipeline
-    ok = p is not None and p.source.listening and p.buffer.healthy
-    doc: dict[str, Any] = {"ready": ok}
-    if p is not None:
-        doc.update(source=p.source.listening, buffer=p.buffer.healthy)
-    return self.json(doc, status=200 if ok else 503)
+    p = topo.node
+    ok = p.source.listening and p.buffer.healthy
+    return self.json({"ready": ok, "source": p.source.listening, "buffer": p.buffer.healthy},
+                     status=200 if ok else 503)
 
 
 def status_document() -> dict[str, Any]:
-    p = topo.pipeline
-    if p is None:
+    p = topo.node
+    if not p.source.listening and not p.should_stop:
         return {"state": "starting"}
     now = time.monotonic()
     f = p.kafka_supervisor.failover
@@ -251,9 +249,7 @@ async def status_history(self: web.View, request: web.Request) -> web.Response:
 
 @app.page("/metrics")
 async def metrics(self: web.View, request: web.Request) -> web.Response:
-    p = topo.pipeline
-    if p is None:
-        return self.bytes(b"", content_type="text/plain", status=503)
+    p = topo.node
     p.refresh_gauges()
     body = generate_latest(p.metrics.registry)
     return self.bytes(body, content_type=CONTENT_TYPE_LATEST.split(";")[0])
