@@ -51,7 +51,7 @@ import orjson
 from agents.disk_buffer import DiskBuffer
 from agents.records import Delivery, Record
 from agents.segments import FILE_HEADER, HEADER_LEN, encode_records, fsync_dir, iter_records, shift_offset
-from agents.supervisor import Outcome, Supervisor
+from agents.supervisor import Supervisor
 from topology.errors import BufferError, CorruptRecord, SinkRefused
 from topology.metrics import Metrics
 from topology.ratelog import Throttled
@@ -276,7 +276,8 @@ async def drain_segment(path: Path, sender: Sender, *, start: int = HEADER_LEN, 
 
 
 class Drain:
-    """The drain timer's worker: one segment at a time, oldest first."""
+    """The drain timer's worker: one segment at a time, oldest first, to the
+    highest-priority Kafka cluster that is up (``sink``: the supervisor's DrainSender)."""
 
     def __init__(self, settings: DrainSettings, buffer: DiskBuffer, sink: Sender, supervisor: Supervisor,
                  metrics: Metrics, timeout: float | None = None) -> None:
@@ -312,14 +313,14 @@ class Drain:
     async def _run_once(self) -> int:
         async with self._lock:
             await self.buffer.roll_if_due()
-            if not self.supervisor.failover.kafka_usable:
+            if not self.supervisor.kafka_usable:
                 return 0
             await self.buffer.roll()
             total = 0
             # Work for about one timer interval, then let the timer call again: progress is durable.
             deadline = time.monotonic() + max(0.2, self.settings.interval * 0.8)
             for path in self.buffer.closed_segments():
-                if not self.supervisor.failover.kafka_usable:
+                if not self.supervisor.kafka_usable:
                     break
                 result = await self._drain(path, deadline)
                 total += result.sent
@@ -428,8 +429,7 @@ class Drain:
             self.metrics.duplicates.inc(max(0, result.sent - last[0]))
             await asyncio.to_thread(write_progress, self.directory,
                                     Progress(path.name, chunk["first"], size, chunk["gone"]))
-            await self.supervisor.report(Outcome(False, 0, f"drain: {result.error}"))
-            return result
+            return result  # the sender reported the failure to the supervisor
         logger.info("drain: %s done (%d sent, %d archived, %d undeliverable)", path.name, result.sent,
                     result.archived, result.refused)
         return result

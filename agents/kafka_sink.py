@@ -233,6 +233,7 @@ class KafkaSink:
 
     def __init__(self, settings: KafkaSettings, on_late_ack: Callable[[int], None] | None = None) -> None:
         self.settings = settings
+        self.name = settings.name
         #: called with a count when batches given up on (timed out) are acknowledged after all
         self.on_late_ack = on_late_ack
         self.producers: list[AIOKafkaProducer] = []

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from topology.errors import SinkRefused
 
@@ -50,3 +52,31 @@ class Delivery:
     @property
     def ok(self) -> bool:
         return not self.unacked and not self.refused
+
+
+@dataclass(slots=True)
+class Envelope:
+    """One client call travelling through the ingress channel; ``reply`` gets its Status."""
+
+    events: Sequence[Any]
+    received_ms: int
+    reply: asyncio.Future[int] = field(repr=False)
+
+
+@dataclass(slots=True)
+class Batch:
+    """A routed call on its way through the sinks: what is still to make durable, and its reply.
+
+    The stage that makes the last of it durable answers ``reply``. ``durable`` lists what
+    earlier stages already made durable (sink name, events), counted once the call is answered.
+    """
+
+    records: Sequence[Record]
+    reply: asyncio.Future[int] = field(repr=False)
+    total: int = 0
+    durable: tuple[tuple[str, int], ...] = ()
+
+    def rest(self, records: Sequence[Record], sink: str, acked: int) -> Batch:
+        """This call with only ``records`` left to make durable, ``acked`` more durable in ``sink``."""
+        durable = self.durable + ((sink, acked),) if acked else self.durable
+        return Batch(records, self.reply, self.total, durable)

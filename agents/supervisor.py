@@ -1,11 +1,13 @@
-"""Supervisor stage: decides where live events go, Kafka first, the disk buffer second.
+"""Supervisor stage: Flume's failover sink processor, corrected.
 
-Like Flume's failover sink processor, corrected: a failed Kafka is *parked* for
-``1 s · 2^(n-1)`` (jittered, capped at ``failover.max_penalty``, no overflow however
-long the outage), and brought back by an active probe (a metadata request), not by
-risking a live batch. :class:`Failover` is the pure state machine; the
-:class:`Supervisor` applies it: :meth:`Supervisor.deliver` answers one call, the
-supervisor agent (``topology/app.py``) feeds it the sink's outcomes, and the probe
+The sinks in priority order: the primary Kafka cluster, then each ``[[kafka.secondary]]``,
+then the disk buffer. Each Kafka sink has its own :class:`Failover` state: a failed one is
+*parked* for ``1 s · 2^(n-1)`` (jittered, capped at ``failover.max_penalty``, no overflow
+however long the outage), and brought back by an active probe (a metadata request), not
+by risking a live batch. :class:`Failover` is the pure state machine; the
+:class:`Supervisor` applies it: it says which sink stage is live (:meth:`Supervisor.forward`
+sends a call's batch to the first one up after a given one, else to the spill channel), the
+supervisor agent feeds it the sinks' outcomes (:meth:`Supervisor.observe`), and the probe
 timer calls :meth:`Supervisor.tick`.
 """
 
@@ -17,11 +19,10 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
-from agents.records import Delivery, Record
+from agents.records import Batch, Delivery, Record
 from agents.thrift_source import Status
-from topology.errors import BufferError, BufferFull
 from topology.metrics import Metrics
 from topology.ratelog import Throttled
 from topology.settings import FailoverSettings
@@ -93,113 +94,161 @@ class Failover:
 
 
 class Sink(Protocol):
+    """What the supervisor needs of a Kafka sink."""
+
+    name: str
+
     async def send_within(self, records: Sequence[Record], timeout: float, *, whole: bool = False) -> Delivery: ...
     async def probe(self, timeout: float) -> bool: ...
 
 
-class Buffer(Protocol):
-    async def append(self, records: Sequence[Record]) -> None: ...
+class Channel(Protocol):
+    async def send(self, *, value: Any) -> Any: ...
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What the sink reports to the supervisor agent after a live batch."""
+    """What a Kafka sink stage reports to the supervisor agent after a batch."""
 
+    sink: str
     ok: bool
     events: int
     error: str = ""
 
 
 class Supervisor:
-    def __init__(self, settings: FailoverSettings, sink: Sink, buffer: Buffer, metrics: Metrics,
+    """Kafka sinks by priority, each with its penalty; which stage takes a call next."""
+
+    def __init__(self, settings: FailoverSettings, sinks: Sequence[Sink], metrics: Metrics,
                  report: Callable[[Outcome], Awaitable[None]] | None = None) -> None:
+        if not sinks:
+            raise ValueError("at least one Kafka sink")
         self.settings = settings
-        self.sink = sink
-        self.buffer = buffer
+        self.sinks = list(sinks)
         self.metrics = metrics
-        self.failover = Failover(settings.max_penalty)
+        self.failovers = [Failover(settings.max_penalty) for _ in self.sinks]
         self.report = report or self.observe
+        self.channels: list[Channel] = []
+        self.spill: Channel | None = None
+        self._index = {sink.name: i for i, sink in enumerate(self.sinks)}
         self._throttled = Throttled(logger)
         self._spilled_during_outage = 0
-        self._acked_kafka = metrics.acked.labels(sink="kafka")
-        self._acked_disk = metrics.acked.labels(sink="disk")
+        for sink in self.sinks:
+            metrics.kafka_up.labels(sink=sink.name).set(1)
+            metrics.acked.labels(sink=sink.name)  # present from the start, at 0
         metrics.sink_up.set(1)
 
-    async def deliver(self, records: Sequence[Record]) -> int:
-        """Make ``records`` durable and answer the Status for the call that brought them."""
-        to_disk: Sequence[Record] = records
-        if self.failover.kafka_usable:
-            delivery = await self._try_kafka(records)
-            if delivery.refused:
-                return self._refuse(records, delivery)
-            to_disk = delivery.unacked
-            if not to_disk:
-                return Status.OK
-        try:
-            await self.buffer.append(to_disk)
-        except BufferFull:
-            self.metrics.failed.inc(len(records))
-            self._throttled.log(logging.WARNING, "full", "disk buffer full: answering FAILED (back-pressure)")
-            return Status.FAILED
-        except BufferError as exc:
-            self.metrics.failed.inc(len(records))
-            self._throttled.log(logging.ERROR, "disk", "disk buffer cannot write: %s; answering FAILED", exc)
-            return Status.FAILED
-        self._acked_disk.inc(len(to_disk))
-        self._acked_kafka.inc(len(records) - len(to_disk))
-        self._spilled_during_outage += len(to_disk)
-        return Status.OK
+    def connect(self, channels: Sequence[Channel], spill: Channel) -> None:
+        """The channels of the sink stages, in the sinks' order, and the disk buffer's."""
+        if len(channels) != len(self.sinks):
+            raise ValueError("one channel per Kafka sink")
+        self.channels, self.spill = list(channels), spill
 
-    def _refuse(self, records: Sequence[Record], delivery: Delivery) -> int:
-        """Kafka refuses part of the call for good: the call is answered ERROR whole, Kafka stays up.
+    @property
+    def failover(self) -> Failover:
+        """The primary's state."""
+        return self.failovers[0]
 
-        Nothing goes to disk (the client must fix the call); events of it that Kafka already
-        acknowledged stay there, and a client resending the rest may duplicate them.
-        """
-        record, refusal = delivery.refused[0]
-        self.metrics.refused.labels(reason=refusal.reason).inc(len(records))
-        self._throttled.log(logging.WARNING, f"refused:{refusal.reason}",
-                            "Kafka refuses topic %s for good (%s): answering ERROR for a call of %d events; "
-                            "Kafka stays up for everyone else", record.topic, refusal, len(records))
-        return Status.ERROR
+    @property
+    def kafka_usable(self) -> bool:
+        """True while any Kafka cluster takes traffic."""
+        return any(f.kafka_usable for f in self.failovers)
 
-    async def _try_kafka(self, records: Sequence[Record]) -> Delivery:
-        """Send to Kafka within failover.timeout; report the outcome to the supervisor agent."""
-        delivery = await self.sink.send_within(records, self.settings.timeout, whole=True)
-        if delivery.unacked:
-            await self.report(Outcome(False, len(delivery.unacked), delivery.error or "not acknowledged"))
-        elif not delivery.refused:
-            self._acked_kafka.inc(len(records))
-            if self.failover.failures:
-                await self.report(Outcome(True, len(records)))
-        return delivery
+    def live(self, after: int = -1) -> int | None:
+        """The first sink up after position ``after`` (-1: from the primary), or None: the disk."""
+        for i in range(after + 1, len(self.sinks)):
+            if self.failovers[i].kafka_usable:
+                return i
+        return None
+
+    def first_up(self) -> Sink | None:
+        i = self.live()
+        return None if i is None else self.sinks[i]
+
+    async def forward(self, batch: Batch, after: int = -1) -> None:
+        """Hand a call's batch to the next live sink stage after ``after``, else to the disk buffer."""
+        i = self.live(after)
+        if i is None:
+            assert self.spill is not None, "Supervisor.connect() was not called"
+            if after >= 0:
+                self._spilled_during_outage += len(batch.records)
+            await self.spill.send(value=batch)
+        else:
+            await self.channels[i].send(value=batch)
 
     async def observe(self, outcome: Outcome) -> None:
-        """Apply one outcome of a live batch to the failover state (the supervisor agent's body)."""
-        now = time.monotonic()
+        """Apply one outcome of a sink to its failover state (the supervisor agent's body)."""
+        i = self._index.get(outcome.sink)
+        if i is None:
+            logger.error("supervisor: outcome of an unknown sink %r", outcome.sink)
+            return
+        failover, now = self.failovers[i], time.monotonic()
         if outcome.ok:
-            self.failover.succeeded()
+            failover.succeeded()
             return
         self.metrics.sink_errors.inc()
-        if self.failover.failed(now):
-            self.metrics.sink_up.set(0)
+        if failover.failed(now):
+            self.metrics.kafka_up.labels(sink=outcome.sink).set(0)
+            self._set_sink_up()
+            nxt = self.live()
+            where = "the disk buffer" if nxt is None else f"Kafka sink {self.sinks[nxt].name!r}"
             self._spilled_during_outage = 0
-            logger.error("Kafka is DOWN (%s): live events go to the disk buffer; next probe in %.1fs",
-                         outcome.error, self.failover.current_penalty(now))
+            logger.error("Kafka %r is DOWN (%s): live events go to %s; next probe in %.1fs",
+                         outcome.sink, outcome.error, where, failover.current_penalty(now))
+
+    def _set_sink_up(self) -> None:
+        self.metrics.sink_up.set(1 if self.kafka_usable else 0)
 
     async def tick(self) -> None:
-        """Probe a parked Kafka when its penalty is over (the probe timer's body)."""
+        """Probe each parked Kafka whose penalty is over (the probe timer's body)."""
+        due = [i for i, f in enumerate(self.failovers) if f.probe_due(time.monotonic())]
+        for i in due:
+            await self._probe(i)
+
+    async def _probe(self, i: int) -> None:
+        sink, failover = self.sinks[i], self.failovers[i]
+        ok = await sink.probe(self.settings.timeout)
         now = time.monotonic()
-        if not self.failover.probe_due(now):
-            return
-        ok = await self.sink.probe(self.settings.timeout)
-        now = time.monotonic()
-        parked_since = self.failover.parked_since or now
-        if self.failover.probed(ok, now):
-            self.metrics.sink_up.set(1)
-            logger.warning("Kafka is BACK after %.1fs: live events go to Kafka again; %d events were "
-                           "buffered to disk meanwhile", now - parked_since, self._spilled_during_outage)
+        parked_since = failover.parked_since or now
+        if failover.probed(ok, now):
+            self.metrics.kafka_up.labels(sink=sink.name).set(1)
+            self._set_sink_up()
+            logger.warning("Kafka %r is BACK after %.1fs: it takes live events again%s", sink.name,
+                           now - parked_since, "" if i else f"; {self._spilled_during_outage} events were "
+                           "buffered to disk meanwhile")
         else:
-            self._throttled.log(logging.WARNING, "probe", "Kafka still down after %.0fs (probe %d failed); "
-                                "next probe in %.1fs", now - parked_since, self.failover.failures,
-                                self.failover.current_penalty(now))
+            self._throttled.log(logging.WARNING, f"probe:{sink.name}", "Kafka %r still down after %.0fs (probe "
+                                "%d failed); next probe in %.1fs", sink.name, now - parked_since,
+                                failover.failures, failover.current_penalty(now))
+
+
+class DrainSender:
+    """The drain's Kafka: the highest-priority cluster that is up, at each chunk."""
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self.supervisor = supervisor
+
+    async def send_within(self, records: Sequence[Record], timeout: float) -> Delivery:  # noqa: ASYNC109
+        sink = self.supervisor.first_up()
+        if sink is None:
+            return Delivery(list(records), "no Kafka cluster is up")
+        delivery = await sink.send_within(records, timeout)
+        if delivery.unacked:
+            await self.supervisor.report(Outcome(sink.name, False, len(delivery.unacked),
+                                                 f"drain: {delivery.error}"))
+        return delivery
+
+
+def settle(batch: Batch, status: int, metrics: Metrics, sink: str | None = None) -> None:
+    """Answer a call: ``OK`` when its last events became durable in ``sink`` (counted with what
+    earlier stages made durable), ``FAILED`` or ``ERROR`` otherwise. A call is answered once."""
+    if batch.reply.done():
+        return
+    if status == Status.OK:
+        for name, n in batch.durable:
+            metrics.acked.labels(sink=name).inc(n)
+        if sink is not None and batch.records:
+            metrics.acked.labels(sink=sink).inc(len(batch.records))
+    elif status == Status.FAILED:
+        metrics.failed.inc(batch.total)
+    batch.reply.set_result(status)

@@ -1,9 +1,13 @@
-"""The one Faust app: channels, agents, timers. Read this file to see the pipeline.
+"""The one Faust app: channels, agents, timers. Read this file to see a Flume agent.
 
-    Thrift source ──► ingress ──► router agent ──► supervisor: Kafka sink, else disk buffer
-                                                        ▲ outcomes
-    probe timer (a parked Kafka) ──────────────────────┘
-    drain timer: closed buffer segments ──► Kafka, each event to its own topic
+    Thrift source ─► ingress ─► router agent ─► kafka-<primary> agent ─► kafka-<secondary> agents ─► spill
+     (Flume's source)          (interceptors,     (a KafkaSink each, by priority; what one cluster      (disk-buffer
+                                topic by header)    does not acknowledge goes on to the next one up)      agent: fsync)
+                                                          │ outcomes
+                                                          ▼
+                           supervisor agent (Flume's failover sink processor): parks a failing
+                           cluster, the probe timer brings it back; says which stage is live
+    drain timer: closed buffer segments ─► the highest-priority cluster up, each event to its topic
 
 Faust's own Kafka machinery is off (:class:`NoKafka`): an edge collector must start
 and take events precisely when Kafka is down. The Kafka sink owns its producer.
@@ -22,9 +26,8 @@ import faust
 from faust.app.base import BootStrategy
 
 from agents.supervisor import Outcome
-from agents.thrift_source import Status
 from topology.errors import ConfigError
-from topology.pipeline import Envelope, Pipeline
+from topology.pipeline import Pipeline
 from topology.settings import Settings, load_settings
 
 logger = logging.getLogger(__name__)
@@ -58,7 +61,11 @@ app = SpillwayApp(
 
 #: source -> router: one Envelope per client call
 ingress = app.channel()
-#: sink outcomes -> supervisor
+#: router or a higher-priority cluster -> each Kafka sink stage, in priority order: one Batch per call
+kafka = [app.channel() for _ in settings.kafka.clusters]
+#: -> the disk-buffer stage, when no cluster takes the call
+spill = app.channel()
+#: Kafka sink stages -> supervisor: one Outcome per batch that failed (or succeeded after failures)
 outcomes = app.channel()
 
 
@@ -72,38 +79,32 @@ class Node(Pipeline):
 
 
 #: every stage of this node, built from the settings; started and stopped by the worker
-node = app.service(Node(settings, ingress, outcomes))
+node = app.service(Node(settings, ingress, outcomes, kafka, spill))
+
+# The stages, each a Faust agent over its channel (bodies in agents/; none of them raises).
+router = app.agent(ingress, name="router")(node.router.process)
+kafka_sinks = [app.agent(channel, name=f"kafka-{stage.name}")(stage.process)
+               for channel, stage in zip(kafka, node.kafka_stages, strict=True)]
+disk_buffer = app.agent(spill, name="disk-buffer")(node.spill.process)
 
 
-@app.agent(ingress)
-async def router(calls: faust.StreamT[Envelope]) -> None:
-    """Routes each call's events to their topics and hands them to the supervisor."""
-    async for envelope in calls:
-        try:
-            node.dispatch(envelope)
-        except Exception:  # dispatch answers every call itself; this is the last line of defence
-            logger.exception("router agent: dispatch failed; answering FAILED")
-            if not envelope.reply.done():
-                envelope.reply.set_result(Status.FAILED)
-
-
-@app.agent(outcomes)
+@app.agent(outcomes, name="supervisor")
 async def supervisor(stream: faust.StreamT[Outcome]) -> None:
-    """Applies the Kafka sink's outcomes to the failover state (parks a failing Kafka)."""
+    """Applies the Kafka sinks' outcomes to their failover states (parks a failing cluster)."""
     async for outcome in stream:
         try:
-            await node.kafka_supervisor.observe(outcome)
+            await node.supervisor.observe(outcome)
         except Exception:
             logger.exception("supervisor: could not apply %r", outcome)
 
 
 @app.timer(interval=settings.failover.probe_interval)
 async def probe() -> None:
-    """Probes a parked Kafka when its penalty is over."""
+    """Probes each parked Kafka cluster whose penalty is over."""
     if not node.source.listening:  # not started yet, or stopping
         return
     try:
-        await node.kafka_supervisor.tick()
+        await node.supervisor.tick()
     except Exception:
         logger.exception("probe timer: unexpected error")
 

@@ -30,8 +30,10 @@ class Metrics:
         self.connections = Gauge("spillway_source_connections", "Open client connections", registry=r)
         self.sink_errors = Counter("spillway_sink_errors", "Kafka send failures and timeouts (batches)",
                                    registry=r)
-        self.sink_up = Gauge("spillway_sink_up", "1 while live traffic goes to Kafka, 0 while it is parked",
-                             registry=r)
+        self.sink_up = Gauge("spillway_sink_up", "1 while live traffic goes to a Kafka cluster, 0 while every "
+                             "cluster is parked (live traffic goes to the disk buffer)", registry=r)
+        self.kafka_up = Gauge("spillway_kafka_up", "Per Kafka cluster (sink): 1 while it takes traffic, 0 while "
+                              "it is parked", ["sink"], registry=r)
         self.duplicates = Counter("spillway_duplicates", "Events that may reach Kafka twice (a late ack of a "
                                   "spilled batch, or a drain resumed after a crash)", registry=r)
         self.drained = Counter("spillway_events_drained", "Events sent from the disk buffer to Kafka",
@@ -58,8 +60,7 @@ class Metrics:
         for reason in ("topic", "batch_too_large", "event_too_large", "too_many_headers", "headers_too_large",
                        "unknown_topic", "too_large", "not_authorized", "invalid_topic", "policy"):
             self.refused.labels(reason=reason)  # present from the start, at 0
-        for sink in ("kafka", "disk"):
-            self.acked.labels(sink=sink)
+        self.acked.labels(sink="disk")  # each Kafka cluster's label is created by its sink
 
     def counters(self) -> dict[str, float]:
         """Every sample as ``name{labels}`` → value, for /status."""

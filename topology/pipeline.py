@@ -1,12 +1,14 @@
-"""The wiring: builds every stage from the settings and starts/stops them in order.
+"""The wiring: builds every stage of a node from the settings, starts and stops them in order.
 
-    ThriftSource --(Envelope)--> ingress channel --> router agent --> Supervisor.deliver
-                                                                      |-> KafkaSink (acks=all)
-                                                                      '-> DiskBuffer (fsync)
-    drain timer: DiskBuffer closed segments --> Kafka, each event to its own topic
+    ThriftSource --Envelope--> ingress --> RouterStage --Batch--> the live sink stage:
+        kafka[0] (primary) --> kafka[1..] (secondaries) --> spill (disk buffer), by priority
+    each Kafka stage --Outcome--> outcomes --> Supervisor (parks, probes, picks the live stage)
+    Drain: closed buffer segments --> the highest-priority cluster that is up
 
-Shutdown (SIGTERM/SIGINT): stop intake, let calls in flight finish (each is answered
-only once durable), fsync and close the buffer, close the producer, within a deadline.
+``topology/app.py`` makes the channels and registers each stage's body as a Faust agent.
+
+Shutdown (SIGTERM/SIGINT): stop intake, let calls in flight finish (each is answered only
+once durable), fsync and close the buffer, close the producers, within a deadline.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import faust
@@ -23,55 +24,60 @@ from mode import Service
 
 from agents.disk_buffer import DiskBuffer
 from agents.drain import Drain
+from agents.ingress import RouterStage
 from agents.kafka_sink import KafkaSink
+from agents.kafka_stage import KafkaStage
+from agents.records import Envelope
 from agents.router import Router
-from agents.supervisor import Outcome, Supervisor
+from agents.spill import SpillStage
+from agents.supervisor import DrainSender, Outcome, Supervisor
 from agents.thrift_source import Status, ThriftSource, now_ms
-from topology.errors import RoutingError
 from topology.metrics import Metrics
 from topology.ratelog import Throttled, drop_debug_overhead, throttle_library_logs
 from topology.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass(slots=True)
-class Envelope:
-    """One client call travelling through the ingress channel; ``reply`` gets its Status."""
-
-    events: Sequence[Any]
-    received_ms: int
-    reply: asyncio.Future[int] = field(repr=False)
+__all__ = ["Envelope", "Pipeline"]
 
 
 class Pipeline(Service):
-    """All stages of one spillway node."""
+    """All stages of one spillway node, built (not started) from the settings."""
 
     shutdown_deadline = 20.0
 
     def __init__(self, settings: Settings, ingress: faust.ChannelT, outcomes: faust.ChannelT,
-                 **kwargs: Any) -> None:
+                 kafka: Sequence[faust.ChannelT] = (), spill: faust.ChannelT | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.settings = settings
         self.ingress = ingress
         self.outcomes = outcomes
-        self.metrics = Metrics()
-        self.metrics.buffer_max_bytes.set(settings.buffer.max_bytes)
-        self.router = Router(settings.router)
-        self.sink = KafkaSink(settings.kafka, on_late_ack=self.metrics.duplicates.inc)
+        self.metrics = m = Metrics()
+        m.buffer_max_bytes.set(settings.buffer.max_bytes)
         b = settings.buffer
         self.buffer = DiskBuffer(b.directory, max_bytes=b.max_bytes, segment_max_bytes=b.segment_max_bytes,
                                  segment_max_age=b.segment_max_age, fsync=b.fsync)
-        self.kafka_supervisor = Supervisor(settings.failover, self.sink, self.buffer, self.metrics,
-                                     report=self._report)
-        self.drain = Drain(settings.drain, self.buffer, self.sink, self.kafka_supervisor, self.metrics)
-        self.source = ThriftSource(settings.source.thrift, self.handle, self.metrics)
+        self.sinks = [KafkaSink(cluster, on_late_ack=m.duplicates.inc) for cluster in settings.kafka.clusters]
+        self.supervisor = Supervisor(settings.failover, self.sinks, m, report=self._report)
+        if spill is not None:
+            self.supervisor.connect(kafka, spill)
+        self.router = RouterStage(Router(settings.router), self.supervisor, m)
+        self.kafka_stages = [KafkaStage(i, sink, self.supervisor, m, settings.failover.timeout)
+                             for i, sink in enumerate(self.sinks)]
+        self.spill = SpillStage(self.buffer, m)
+        self.drain = Drain(settings.drain, self.buffer, DrainSender(self.supervisor), self.supervisor, m)
+        self.source = ThriftSource(settings.source.thrift, self.handle, m)
         self.started_at = time.time()
-        self._inflight: set[asyncio.Task[None]] = set()
+        self._calls: set[asyncio.Future[int]] = set()  # replies not yet given: calls in flight
         self._quarantined_seen = 0
         self._throttled = Throttled(logger)
         # A call is never left waiting forever, whatever happens downstream.
-        self._reply_guard = settings.failover.timeout * 2 + 30.0
+        self._reply_guard = settings.failover.timeout * (len(self.sinks) + 1) + 30.0
+
+    @property
+    def sink(self) -> KafkaSink:
+        """The primary cluster's sink."""
+        return self.sinks[0]
 
     async def on_start(self) -> None:
         drop_debug_overhead()
@@ -80,12 +86,13 @@ class Pipeline(Service):
             logger.warning("buffer.fsync is false: events answered OK from the disk buffer are NOT durable "
                            "(a crash or power cut can lose them); /status shows durable: false")
         await self.buffer.start()
-        await self.sink.start()
+        await asyncio.gather(*(sink.start() for sink in self.sinks))
         await self.source.start()
         app = self.app_or_none()
         if app is not None:
             app.flow_control.resume()
-        logger.info("spillway ready: thrift on port %s, buffer at %s", self.source.port,
+        logger.info("spillway ready: thrift on port %s, Kafka %s, buffer at %s", self.source.port,
+                    " > ".join(f"{s.name} ({s.settings.bootstrap_servers})" for s in self.sinks),
                     self.settings.buffer.directory)
 
     def app_or_none(self) -> faust.App | None:
@@ -94,14 +101,14 @@ class Pipeline(Service):
     async def on_stop(self) -> None:
         logger.info("spillway stopping: closing intake")
         await self.source.stop_intake()
-        if self._inflight:
-            _, pending = await asyncio.wait(self._inflight, timeout=self.shutdown_deadline)
+        if self._calls:
+            _, pending = await asyncio.wait(self._calls, timeout=self.shutdown_deadline)
             if pending:
                 logger.error("%d calls still in flight at the shutdown deadline; they were not answered OK",
                              len(pending))
         await self.source.stop()
         await self.buffer.stop()
-        await self.sink.stop()
+        await asyncio.gather(*(sink.stop() for sink in self.sinks))
         logger.info("spillway stopped")
 
     def refresh_gauges(self) -> None:
@@ -121,52 +128,16 @@ class Pipeline(Service):
     async def handle(self, events: Sequence[Any]) -> int:
         """The source's handler: hands the call to the ingress channel, waits for its Status."""
         reply: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._calls.add(reply)
+        reply.add_done_callback(self._calls.discard)
         await self.ingress.send(value=Envelope(events, now_ms(), reply))
         try:
             return await asyncio.wait_for(asyncio.shield(reply), self._reply_guard)
         except TimeoutError:
+            reply.cancel()  # whatever answers it later is ignored
             self._throttled.log(logging.ERROR, "guard", "a call got no answer within %.0fs; answering FAILED",
                                 self._reply_guard)
             return Status.FAILED
 
-    # -- the router agent's body -------------------------------------------------------------------
-
-    def dispatch(self, envelope: Envelope) -> None:
-        """Route one call and start its delivery; never raises, never waits on Kafka."""
-        try:
-            records = self.router.route(envelope.events, envelope.received_ms)
-        except RoutingError as exc:
-            self.metrics.refused.labels(reason="topic").inc(len(envelope.events))
-            self._throttled.log(logging.WARNING, "route", "router: ERROR for a call: %s", exc)
-            _answer(envelope.reply, Status.ERROR)
-            return
-        except Exception:  # a bug must cost this call a retry, never the router agent
-            self.metrics.router_errors.inc()
-            self.metrics.failed.inc(len(envelope.events))
-            logger.exception("router: unexpected error routing a call of %d events; answering FAILED",
-                             len(envelope.events))
-            _answer(envelope.reply, Status.FAILED)
-            return
-        task = asyncio.create_task(self._deliver(records, envelope.reply))
-        self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
-
-    async def _deliver(self, records: Sequence[Any], reply: asyncio.Future[int]) -> None:
-        try:
-            status = await self.kafka_supervisor.deliver(records)
-        except BaseException as exc:  # answer FAILED, never OK, for anything unforeseen
-            logger.exception("delivery failed unexpectedly; answering FAILED")
-            self.metrics.failed.inc(len(records))
-            _answer(reply, Status.FAILED)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            return
-        _answer(reply, status)
-
     async def _report(self, outcome: Outcome) -> None:
         await self.outcomes.send(value=outcome)
-
-
-def _answer(reply: asyncio.Future[int], status: int) -> None:
-    if not reply.done():
-        reply.set_result(status)

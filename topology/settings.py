@@ -42,6 +42,10 @@ TOPIC_RE = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
 
 @dataclass(frozen=True, slots=True)
 class KafkaSettings:
+    """One Kafka cluster: ``[kafka]`` is the primary; each ``[[kafka.secondary]]`` table has the
+    same keys (its own ``name``, no further ``secondary``) and is tried, in order, after it."""
+
+    name: str = "kafka"
     bootstrap_servers: str = "127.0.0.1:9092"
     client_id: str = "spillway"
     request_timeout: Duration = Duration(5.0)
@@ -50,6 +54,12 @@ class KafkaSettings:
     compression: Literal["none", "gzip", "lz4", "zstd"] = "none"
     metadata_max_age: Duration = Duration(30.0)
     producers: int = 1
+    secondary: tuple[KafkaSettings, ...] = ()
+
+    @property
+    def clusters(self) -> tuple[KafkaSettings, ...]:
+        """Every cluster by priority: this one, then its secondaries."""
+        return (self, *self.secondary)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +153,9 @@ class Settings:
                 value = getattr(obj, f.name)
                 if dataclasses.is_dataclass(value):
                     walk(value, f"{prefix}{f.name}.")
+                elif isinstance(value, tuple) and value and dataclasses.is_dataclass(value[0]):
+                    for i, item in enumerate(value):
+                        walk(item, f"{prefix}{f.name}[{i}].")
                 else:
                     out[f"{prefix}{f.name}"] = value
 
@@ -258,6 +271,15 @@ def _build(cls: type, table: Mapping[str, Any], prefix: str, origin: str,
         if dataclasses.is_dataclass(tp):
             kwargs[name] = _build(tp, table.get(name, {}), f"{key}.", origin, env, origins)  # type: ignore[arg-type]
             continue
+        element = _table_array_of(tp)
+        if element is not None:  # an array of tables: from the file only, no environment overrides
+            items = table.get(name, [])
+            if not isinstance(items, list):
+                raise ConfigError(key, "expected an array of tables ([[...]])")
+            kwargs[name] = tuple(_build(element, item, f"{key}[{i}].", origin, {}, origins)
+                                 for i, item in enumerate(items))
+            origins[key] = origin if name in table else "default"
+            continue
         env_name = "SPILLWAY_" + key.upper().replace(".", "_")
         if env_name in env:
             kwargs[name] = _coerce(tp, env[env_name], key, from_env=True)
@@ -268,6 +290,32 @@ def _build(cls: type, table: Mapping[str, Any], prefix: str, origin: str,
         else:
             origins[key] = "default"
     return cls(**kwargs)
+
+
+def _table_array_of(tp: Any) -> type | None:
+    """The dataclass of a ``tuple[SomeSettings, ...]`` field (an array of tables), else None."""
+    if typing.get_origin(tp) is tuple:
+        args = typing.get_args(tp)
+        if args and dataclasses.is_dataclass(args[0]):
+            return args[0]  # type: ignore[return-value]
+    return None
+
+
+def _validate_kafka(k: KafkaSettings) -> None:
+    names: set[str] = set()
+    for i, cluster in enumerate(k.clusters):
+        key = "kafka" if i == 0 else f"kafka.secondary[{i - 1}]"
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", cluster.name):
+            raise ConfigError(f"{key}.name", f"{cluster.name!r}: letters, digits, '.', '_' or '-' only")
+        if cluster.name in names or cluster.name == "disk":
+            raise ConfigError(f"{key}.name", f"{cluster.name!r} is already the name of another sink")
+        names.add(cluster.name)
+        if i and cluster.secondary:
+            raise ConfigError(f"{key}.secondary", "a secondary cluster has no secondaries of its own")
+        if not cluster.bootstrap_servers.strip():
+            raise ConfigError(f"{key}.bootstrap_servers", "must name at least one broker")
+        if not 1 <= cluster.producers <= 64:
+            raise ConfigError(f"{key}.producers", "must be between 1 and 64")
 
 
 def _validate(s: Settings) -> None:
@@ -286,8 +334,7 @@ def _validate(s: Settings) -> None:
     _validate_thrift(s.source.thrift)
     if s.kafka.max_batch_bytes > 1_000_000 and s.source.thrift.max_event_bytes > 1_000_000:
         raise ConfigError("source.thrift.max_event_bytes", "must fit Kafka's default message.max.bytes")
-    if not 1 <= s.kafka.producers <= 64:
-        raise ConfigError("kafka.producers", "must be between 1 and 64")
+    _validate_kafka(s.kafka)
     if s.failover.timeout <= 0:
         raise ConfigError("failover.timeout", "must be positive")
     if s.buffer.max_bytes < s.source.thrift.max_event_bytes:

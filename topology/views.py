@@ -19,9 +19,10 @@ import faust
 from faust import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from agents.supervisor import SinkState
+from agents.supervisor import Failover
 from topology import app as topo
 from topology.pipeline import Pipeline
+from topology.settings import KafkaSettings
 from topology.ratelog import Throttled
 
 logger = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ def totals(counters: dict[str, float]) -> Totals:
         return sum(v for k, v in counters.items() if k == name or k.startswith(name + "{"))
 
     return Totals(total("spillway_events_received_total"),
-                  counters.get("spillway_events_acked_total{sink=kafka}", 0.0),
+                  total("spillway_events_acked_total") - counters.get("spillway_events_acked_total{sink=disk}", 0.0),
                   counters.get("spillway_events_acked_total{sink=disk}", 0.0),
                   total("spillway_events_drained_total"))
 
@@ -122,7 +123,7 @@ def observe(p: Pipeline, h: History = history) -> Sample | None:
     h.begin(mono - max(0.0, wall - p.started_at), Totals(0.0, 0.0, 0.0, 0.0))
     b = p.buffer.stats()
     return h.observe(wall, mono, totals(p.metrics.counters()), b.bytes, b.events,
-                     p.kafka_supervisor.failover.state is SinkState.UP)
+                     p.supervisor.kafka_usable)
 
 
 @app.timer(interval=SAMPLE_INTERVAL)
@@ -177,12 +178,20 @@ async def ready(self: web.View, request: web.Request) -> web.Response:
                      status=200 if ok else 503)
 
 
+def sink_doc(f: Failover, cluster: KafkaSettings, p: Pipeline, now: float) -> dict[str, Any]:
+    return {"name": cluster.name, "state": f.state.value, "failures": f.failures,
+            "penalty_seconds": round(f.current_penalty(now), 2),
+            "parked_for_seconds": None if f.parked_since is None else round(now - f.parked_since, 1),
+            "max_penalty_seconds": float(p.settings.failover.max_penalty),
+            "bootstrap_servers": cluster.bootstrap_servers}
+
+
 def status_document() -> dict[str, Any]:
     p = topo.node
     if not p.source.listening and not p.should_stop:
         return {"state": "starting"}
     now = time.monotonic()
-    f = p.kafka_supervisor.failover
+    sup = p.supervisor
     p.refresh_gauges()
     b = p.buffer.stats()
     counters = p.metrics.counters()
@@ -196,11 +205,10 @@ def status_document() -> dict[str, Any]:
         "uptime_seconds": round(time.time() - p.started_at, 1),
         "source": {"port": p.source.port, "protocol": p.settings.source.thrift.protocol,
                    "connections": count("spillway_source_connections")},
-        "sink": {"state": f.state.value, "failures": f.failures,
-                 "penalty_seconds": round(f.current_penalty(now), 2),
-                 "parked_for_seconds": None if f.parked_since is None else round(now - f.parked_since, 1),
-                 "max_penalty_seconds": float(p.settings.failover.max_penalty),
-                 "bootstrap_servers": p.settings.kafka.bootstrap_servers},
+        "sink": sink_doc(sup.failovers[0], p.settings.kafka, p, now),  # the primary
+        "sinks": [sink_doc(f, cluster, p, now) for f, cluster in zip(sup.failovers, p.settings.kafka.clusters,
+                                                                     strict=True)],
+        "live": (lambda i: "disk" if i is None else p.settings.kafka.clusters[i].name)(sup.live()),
         "buffer": {"directory": str(p.settings.buffer.directory), "bytes": b.bytes, "events": b.events,
                    "segments": b.segments, "max_bytes": p.settings.buffer.max_bytes,
                    "oldest_event_age_seconds": round(counters.get(OLDEST_AGE, 0.0), 1),
@@ -215,7 +223,8 @@ def status_document() -> dict[str, Any]:
                   "max_age_seconds": float(p.settings.drain.max_age)},
         "counters": {
             "received": int(totals(counters).received),  # every source
-            "acked_kafka": count("spillway_events_acked_total{sink=kafka}"),
+            "acked_kafka": int(sum(v for k, v in counters.items() if k.startswith("spillway_events_acked_total")
+                                   and not k.endswith("{sink=disk}"))),  # every cluster
             "acked_disk": count("spillway_events_acked_total{sink=disk}"),
             "drained": count("spillway_events_drained_total"),
             "refused": int(sum(v for k, v in counters.items() if k.startswith("spillway_events_refused_total"))),

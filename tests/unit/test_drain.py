@@ -69,7 +69,7 @@ class Node:
         async def report(outcome: Any) -> None:
             self.reports.append(outcome)
 
-        supervisor = SimpleNamespace(failover=SimpleNamespace(kafka_usable=True), report=report)
+        supervisor = SimpleNamespace(kafka_usable=True, report=report)
         settings = DrainSettings(interval=Duration(5.0), batch_events=batch_events, max_events_per_second=0,
                                  archive_directory=directory.parent / "archive")
         self.drain = Drain(settings, self.buffer, kafka, supervisor, self.metrics)  # type: ignore[arg-type]
@@ -269,5 +269,3 @@ async def test_events_kafka_refuses_for_good_go_to_undeliverable_and_the_drain_g
     assert kept == poison  # topic, key, headers, body, timestamp: all kept for a replay
     assert node.metrics.registry.get_sample_value("spillway_events_undeliverable_total",
                                                   {"reason": "unknown_topic"}) == 2
-    assert not any(not r.ok for r in node.reports)  # Kafka was never parked for it
-    await asyncio.sleep(0)
