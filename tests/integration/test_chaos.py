@@ -109,6 +109,8 @@ SMALL_BUDGET = "1MiB"  # budget_exhausted's round
 OK_LIMIT = 60.0  # seconds after a fault's end: answering OK again, or the round fails
 EMPTY_LIMIT = 120.0  # ... and an empty buffer
 WARM = 1.0
+ROUND_FIGURES = {"round", "fault", "seconds", "to_ok_s", "to_empty_s", "acknowledged", "lost", "duplicates", "damaged",
+                 "undeliverable", "failure", "worker_counted_duplicates", "calls"}
 POISON_CLIENT = 90  # the client id of the harness's own poison calls
 
 # Where the duplicates of each fault come from (checked against the worker's own
@@ -157,7 +159,8 @@ class Ctx:
     buffers: set[Path] = field(default_factory=set)
 
     def hold(self) -> float:
-        return self.rng.uniform(2.0, 5.0)
+        """How long a fault lasts: past failover.timeout (3 s), so live events spill to disk."""
+        return self.rng.uniform(3.5, 7.0)
 
     def powercut(self) -> Any:
         if self.pc is None:
@@ -319,10 +322,15 @@ def f_power_cut(during: str) -> Callable[[Ctx, RoundResult], Iterator[None]]:
                 rr.detail["buffered"] = wait_buffered(ctx, rng.randint(1000, 6000))
                 time.sleep(rng.uniform(0.0, 1.0))
             else:
-                rr.detail["buffered"] = wait_buffered(ctx, 6000)
+                backlog = rr.detail["buffered"] = wait_buffered(ctx, 6000)
                 proxy.restore()
-                wait_until(lambda: read_progress(buf) is not None, 30, interval=0.05, what="the drain to start")
-                time.sleep(rng.uniform(0.0, 1.5))
+                left = int(backlog * rng.uniform(0.3, 0.9))  # cut with this much still to drain
+
+                def draining() -> bool:
+                    n = node.buffer_events()
+                    return n is not None and n <= left and read_progress(buf) is not None
+
+                wait_until(draining, 60, interval=0.05, what=f"the drain down to {left} events")
             rr.detail["buffer_events_at_cut"] = node.buffer_events()
             rr.detail["progress_at_cut"] = read_progress(buf)
             node.kill()
@@ -388,7 +396,7 @@ def f_bitflip(where: str) -> Callable[[Ctx, RoundResult], Iterator[None]]:
                     damaged.append(f"c{who[0]}/{who[1]}")
         quarantined_before = len(list((buf / "quarantine").glob("*")))
         flip_bits(path, bits)
-        rr.detail.update(progress=progress, segment=path.name, frame=[off, nxt], bits=bits, damaged=damaged)
+        rr.detail.update(progress=progress, segment=path.name, frame=[off, nxt], bits=bits, damaged_events=damaged)
         rr.fault_end = now()
         node.start()
         yield
@@ -580,6 +588,9 @@ def test_chaos_rounds_lose_nothing_acknowledged(strict_up: Broker, strict_proxy:
               f"duplicates {r['duplicates']} (worker counted {r.get('worker_counted_duplicates')}), damaged "
               f"{r['damaged']}, undeliverable {r['undeliverable']}, to OK {r['to_ok_s']}s, to empty "
               f"{r['to_empty_s']}s" + (f", FAILED: {r['failure']}" if r["failure"] else ""))
+        extra = {k: v for k, v in r.items() if k not in ROUND_FIGURES}
+        if extra:
+            print(f"       {json.dumps(extra, ensure_ascii=False)}")
     if os.environ.get("SPILLWAY_CHAOS_RECORD"):
         record(summary)
     failures = [f"round {r.index} {r.fault}: {r.failure}" for r in results if r.failure]
