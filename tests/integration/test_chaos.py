@@ -24,7 +24,8 @@ that takes over 60 s) and until ``/status`` shows an empty buffer (fails over 12
 - ``power_cut_outage``/``power_cut_drain`` the buffer on :class:`powercut.PowerCutFS` (a FUSE
   filesystem that forgets every write not yet fsynced): SIGKILL the worker and cut the power,
   while events are going to disk (Kafka cut) or while the drain sends them back (Kafka up, a
-  slowed drain) [remounted over what survived and the worker started on it].
+  slowed drain, a poison event in the backlog) [remounted over what survived and the worker
+  started on it].
 - ``bitflip_drained``/``bitflip_undrained`` a few thousand events buffered (Kafka cut), the
   worker killed, restarted with a slow drain and killed again with ``drain.progress`` inside a
   segment; 1-3 bits flipped in one frame of that closed segment, before the drain's offset or
@@ -113,21 +114,26 @@ ROUND_FIGURES = {"round", "fault", "seconds", "to_ok_s", "to_empty_s", "acknowle
                  "undeliverable", "failure", "worker_counted_duplicates", "calls"}
 POISON_CLIENT = 90  # the client id of the harness's own poison calls
 
-# Where the duplicates of each fault come from (checked against the worker's own
-# spillway_duplicates_total, which the summary shows next to the measured figure).
-LATE_ACK = ("late acks: live batches Kafka had not acknowledged within failover.timeout were spilled to "
-            "disk and then taken by Kafka after all (the producer keeps retrying them); the drain sends "
-            "the disk copy too")
-INFLIGHT = "the drain chunk in flight when the worker died is sent again on restart (drain.progress inflight)"
+# Where the duplicates of each fault come from. The summary puts the worker's own count
+# (spillway_duplicates_total, summed across restarts) next to the measured figure: what the
+# worker counted is a late ack, a resent drain chunk or a segment started over; what it could
+# not count is an ack lost with the connection, or a late ack in a process that was then killed.
+LATE_ACK = ("late acks: live batches Kafka had not acknowledged within failover.timeout went to disk, then "
+            "Kafka took them after all (the producer retried them) and the drain sent the disk copy too")
+LOST_ACK = ("acks lost with the connection: Kafka wrote a live batch whose response never came back, so it "
+            "went to disk as well (the worker cannot know: not counted)")
+INFLIGHT = "the drain chunk in flight at the kill, sent again on restart (drain.progress inflight)"
+REWRITE = ("start-up recovery rewrote the damaged segment, so its drain started over: the part already drained "
+           "was sent again")
+KILLED = "late acks in a worker that was then killed (not counted)"
 CAUSES = {
-    "broker_kill": LATE_ACK, "broker_pause": LATE_ACK, "proxy_cut": LATE_ACK, "proxy_stall": LATE_ACK,
-    "proxy_slow": LATE_ACK, "worker_kill_kafka_up": "none expected (no drain runs; unanswered calls are "
-                                                    "not acknowledged)",
-    "worker_kill_kafka_down": LATE_ACK, "budget_exhausted": LATE_ACK, "disk_full": LATE_ACK,
-    "power_cut_outage": LATE_ACK + "; and, after the cut, progress or deletes not yet durable",
-    "power_cut_drain": INFLIGHT + "; and progress or segment deletes the power cut forgot",
-    "bitflip_drained": LATE_ACK + "; " + INFLIGHT, "bitflip_undrained": LATE_ACK + "; " + INFLIGHT,
-    "poison": LATE_ACK,
+    "broker_kill": f"{LATE_ACK}; {LOST_ACK}", "broker_pause": LATE_ACK, "proxy_cut": f"{LOST_ACK}; {LATE_ACK}",
+    "proxy_stall": LATE_ACK, "proxy_slow": LATE_ACK,
+    "worker_kill_kafka_up": "none expected: calls in flight at the kill were never answered, so not acknowledged",
+    "worker_kill_kafka_down": f"{LOST_ACK}; {KILLED}", "budget_exhausted": f"{LOST_ACK}; {LATE_ACK}",
+    "disk_full": f"{LOST_ACK}; {LATE_ACK}", "power_cut_outage": f"{LOST_ACK}; {KILLED}",
+    "power_cut_drain": f"{INFLIGHT}; {LOST_ACK}", "bitflip_drained": f"{REWRITE}; {INFLIGHT}; {LOST_ACK}",
+    "bitflip_undrained": f"{INFLIGHT}; {LOST_ACK}", "poison": f"{LOST_ACK}; {LATE_ACK}",
 }
 
 
@@ -321,7 +327,8 @@ def f_power_cut(during: str) -> Callable[[Ctx, RoundResult], Iterator[None]]:
             if during == "outage":
                 rr.detail["buffered"] = wait_buffered(ctx, rng.randint(1000, 6000))
                 time.sleep(rng.uniform(0.0, 1.0))
-            else:
+            else:  # a poison event in the backlog too: what the drain sets aside must survive the cut
+                send_poison(ctx, rr)
                 backlog = rr.detail["buffered"] = wait_buffered(ctx, 6000)
                 proxy.restore()
                 left = int(backlog * rng.uniform(0.3, 0.9))  # cut with this much still to drain
@@ -405,27 +412,34 @@ def f_bitflip(where: str) -> Callable[[Ctx, RoundResult], Iterator[None]]:
     return fault
 
 
+def send_poison(ctx: Ctx, rr: RoundResult) -> None:
+    """With Kafka parked (cut): one call of 20 good events and, in the middle, one for a topic
+    that does not exist (auto-create is off). Answered OK, it is on disk; the drain must move
+    the poison event to undeliverable/ and deliver the rest."""
+    wait_until(lambda: ctx.node.sink_state() == "parked", 30, interval=0.1, what="Kafka parked")
+    topic = f"{ctx.tag}-poison-{rr.index}"
+    n = 21
+
+    def mark(seq0: int) -> None:
+        who = (POISON_CLIENT, seq0 + n // 2)
+        ctx.load.space.overrides[who] = topic
+        ctx.poison[who] = rr.index
+
+    call = ctx.load.call(POISON_CLIENT, n, before=mark)
+    rr.detail.update(poison_topic=topic, poison_call=status_name(call.status))
+    if call.status != Status.OK:
+        raise AssertionError(f"the poison call was answered {status_name(call.status)} during the outage "
+                             "(expected OK: the disk buffer takes it)")
+
+
 def f_poison(ctx: Ctx, rr: RoundResult) -> Iterator[None]:
     ctx.proxy.cut()
     try:
-        wait_until(lambda: ctx.node.sink_state() == "parked", 30, interval=0.1, what="Kafka parked")
-        topic = f"{ctx.tag}-poison-{rr.index}"  # never created, and auto-create is off
-        n = 21
-
-        def mark(seq0: int) -> None:
-            who = (POISON_CLIENT, seq0 + n // 2)
-            ctx.load.space.overrides[who] = topic
-            ctx.poison[who] = rr.index
-
-        call = ctx.load.call(POISON_CLIENT, n, before=mark)
-        rr.detail.update(poison_topic=topic, poison_call=status_name(call.status))
+        send_poison(ctx, rr)
         time.sleep(ctx.rng.uniform(1.0, 3.0))
     finally:
         ctx.proxy.restore()
     rr.fault_end = now()
-    if call.status != Status.OK:
-        raise AssertionError(f"the poison call was answered {status_name(call.status)} during the outage "
-                             "(expected OK: the disk buffer takes it)")
     yield
 
 
