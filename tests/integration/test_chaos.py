@@ -344,7 +344,9 @@ def f_power_cut(during: str) -> Callable[[Ctx, RoundResult], Iterator[None]]:
             rr.detail["cut"] = pc.cut()
             pc.mount()
             rr.fault_end = now()
+            mark, _ = node.log_lines()
             node.start(**on_pc)
+            rr.detail["recovered_at_start"] = node.recovered(mark)
             if during == "outage":
                 time.sleep(rng.uniform(0.5, 1.5))
         finally:
@@ -405,7 +407,9 @@ def f_bitflip(where: str) -> Callable[[Ctx, RoundResult], Iterator[None]]:
         flip_bits(path, bits)
         rr.detail.update(progress=progress, segment=path.name, frame=[off, nxt], bits=bits, damaged_events=damaged)
         rr.fault_end = now()
+        mark, _ = node.log_lines()
         node.start()
+        rr.detail["recovered_at_start"] = node.recovered(mark)
         yield
         rr.detail["quarantine_files_added"] = len(list((buf / "quarantine").glob("*"))) - quarantined_before
 
@@ -554,6 +558,7 @@ def test_chaos_rounds_lose_nothing_acknowledged(strict_up: Broker, strict_proxy:
                 raise AssertionError(f"the worker never answered OK:\n{w.log_tail()}")
             for i, fault in enumerate(plan, 1):
                 rr = RoundResult(i, fault)
+                ctx.rng = random.Random(seed * 1000 + i)  # a round's draws do not depend on earlier rounds
                 mark, _ = node.log_lines()
                 node.status()
                 dup0 = node.counter("duplicates")
