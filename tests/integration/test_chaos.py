@@ -36,10 +36,13 @@ that takes over 60 s) and until ``/status`` shows an empty buffer (fails over 12
   event to ``<buffer>/undeliverable/`` and deliver the rest.
 
 Disks: the buffer sits on a real ext4 filesystem on a loop device made by the test (disk-full
-is a real ENOSPC, bit flips hit real files). The power-cut rounds alone put the buffer on
-PowerCutFS (its backing directory on the same ext4): the worker restarts onto it for the round
-and back onto ext4 after, so every other fault runs on a plain kernel filesystem and does not
-depend on the FUSE layer's speed or its ENOSPC behaviour.
+is a real ENOSPC, bit flips hit real files). Only the power-cut rounds put the buffer on
+PowerCutFS (a second buffer directory, its backing directory on the same ext4): the worker
+restarts onto it for the round (with an empty ext4 buffer behind it) and back onto ext4 after.
+Not the whole run, because PowerCutFS holds every unsynced write in its daemon's memory, so a
+full backing disk refuses no ``write()`` the way ext4 does (disk_full must hit a kernel
+filesystem), and every other fault then runs without a Python FUSE daemon in the write path.
+Needs root (loop device, mounts) and FUSE (libfuse3, mfusepy), as CI has.
 
 The oracle: after the last round the load stops, the buffer empties, and each topic is read
 once from the beginning with a real consumer. Per round (the round a call was answered in):
@@ -47,7 +50,7 @@ lost = acknowledged - found (Kafka, or ``undeliverable/`` for poison) - damaged;
 is checked for topic, key, every header and the body; duplicates are extra copies of
 acknowledged events. Unacknowledged calls (FAILED, ERROR, a broken connection) are not
 expected; their events may appear. The figures are printed (and recorded) before the test
-asserts.
+asserts. A failed round stops the run; the oracle still reads what the rounds so far left.
 
 CI runs 10 rounds (always with a power cut, a bit flip and a poison round; the rest drawn by
 the seed). Knobs: ``SPILLWAY_CHAOS_ROUNDS`` (default 10), ``SPILLWAY_CHAOS_SEED`` (replay),
