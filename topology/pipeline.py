@@ -23,6 +23,7 @@ from mode import Service
 
 from agents.disk_buffer import DiskBuffer
 from agents.drain import Drain
+from agents.interceptors import Chain
 from agents.kafka_sink import KafkaSink
 from agents.router import Router
 from agents.supervisor import Outcome, Supervisor
@@ -57,6 +58,9 @@ class Pipeline(Service):
         self.outcomes = outcomes
         self.metrics = Metrics()
         self.metrics.buffer_max_bytes.set(settings.buffer.max_bytes)
+        self.interceptors = Chain(settings.interceptors, on_filtered=self._count_filtered)
+        for label in self.interceptors.filter_labels():
+            self.metrics.filtered.labels(interceptor=label)  # present from the start, at 0
         self.router = Router(settings.router)
         self.sink = KafkaSink(settings.kafka, on_late_ack=self.metrics.duplicates.inc)
         b = settings.buffer
@@ -134,7 +138,10 @@ class Pipeline(Service):
     def dispatch(self, envelope: Envelope) -> None:
         """Route one call and start its delivery; never raises, never waits on Kafka."""
         try:
-            records = self.router.route(envelope.events, envelope.received_ms)
+            events = envelope.events
+            if self.interceptors.active:  # Flume's interceptors, in order; they may filter events out
+                events = self.interceptors.apply(events, envelope.received_ms)
+            records = self.router.route(events, envelope.received_ms)
         except RoutingError as exc:
             self.metrics.refused.labels(reason="topic").inc(len(envelope.events))
             self._throttled.log(logging.WARNING, "route", "router: ERROR for a call: %s", exc)
@@ -146,6 +153,9 @@ class Pipeline(Service):
             logger.exception("router: unexpected error routing a call of %d events; answering FAILED",
                              len(envelope.events))
             _answer(envelope.reply, Status.FAILED)
+            return
+        if not records:  # every event was filtered out: nothing to make durable (Flume answers OK)
+            _answer(envelope.reply, Status.OK)
             return
         task = asyncio.create_task(self._deliver(records, envelope.reply))
         self._inflight.add(task)
@@ -162,6 +172,9 @@ class Pipeline(Service):
                 raise
             return
         _answer(reply, status)
+
+    def _count_filtered(self, interceptor: str, n: int) -> None:
+        self.metrics.filtered.labels(interceptor=interceptor).inc(n)
 
     async def _report(self, outcome: Outcome) -> None:
         await self.outcomes.send(value=outcome)
