@@ -350,7 +350,7 @@ class KafkaSink:
             del self._refused_topics[topic]
         client = self.producer.client
         error: type[BaseException] = kafka_errors.NoError
-        for attempt in range(3):
+        for delay in (0.1, 0.2, 0.4, 0.8, None):
             node = client.get_random_node()
             if node is None:
                 return  # no metadata at all yet: the caller's wait decides
@@ -359,10 +359,11 @@ class KafkaSink:
             error = kafka_errors.for_code(code)
             if error not in PERMANENT:
                 return
-            if error is not kafka_errors.UnknownTopicOrPartitionError:
+            if error is not kafka_errors.UnknownTopicOrPartitionError or delay is None:
                 break
-            if attempt < 2:  # a topic created a moment ago may not be known to every broker yet
-                await asyncio.sleep(0.1)
+            # A topic created a moment ago (or being auto-created by a broker that has just
+            # started) may not be known to every broker yet: ask again for about 1.5 s in all.
+            await asyncio.sleep(delay)
         refusal = SinkRefused(f"Kafka refuses topic {topic!r}: {error.__name__}", topic=topic,
                               reason=PERMANENT[error])
         if len(self._refused_topics) > 10_000:

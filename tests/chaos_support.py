@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import statistics
 import subprocess
 import threading
@@ -341,6 +342,15 @@ class Node:
     def restart(self, **env: str) -> None:
         self.stop()
         self.start(**env)
+
+    def recovered(self, since: int) -> str | None:
+        """What the worker's start-up found in its buffer ("N segments, M events, B bytes"), from
+        its log after line ``since``."""
+        for line in self.log_lines(since)[1]:
+            m = re.search(r"disk buffer \S+: (\d+ segments, \d+ events, \d+ bytes)", line)
+            if m:
+                return m.group(1)
+        return None
 
     def log_lines(self, since: int = 0) -> tuple[int, list[str]]:
         """Lines of the worker log from line ``since`` on, and the new line count."""

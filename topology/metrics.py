@@ -53,6 +53,8 @@ class Metrics:
         self.undeliverable = Counter("spillway_events_undeliverable", "Buffered events Kafka refuses for good "
                                      "(unknown topic, too large, not authorised), moved to undeliverable/",
                                      ["reason"], registry=r)
+        self.filtered = Counter("spillway_events_filtered", "Events an interceptor (regex_filter) dropped; "
+                                "their call is still answered OK, as in Flume", ["interceptor"], registry=r)
         self.router_errors = Counter("spillway_router_errors", "Calls answered FAILED because routing failed "
                                      "unexpectedly (a bug: see the log)", registry=r)
         self.buffer_writer_restarts = Counter("spillway_buffer_writer_restarts", "Times the disk buffer's writer "

@@ -25,6 +25,7 @@ from mode import Service
 from agents.disk_buffer import DiskBuffer
 from agents.drain import Drain
 from agents.ingress import RouterStage
+from agents.interceptors import Chain
 from agents.kafka_sink import KafkaSink
 from agents.kafka_stage import KafkaStage
 from agents.records import Envelope
@@ -54,6 +55,9 @@ class Pipeline(Service):
         self.outcomes = outcomes
         self.metrics = m = Metrics()
         m.buffer_max_bytes.set(settings.buffer.max_bytes)
+        interceptors = Chain(settings.interceptors, on_filtered=self._count_filtered)
+        for label in interceptors.filter_labels():
+            m.filtered.labels(interceptor=label)  # present from the start, at 0
         b = settings.buffer
         self.buffer = DiskBuffer(b.directory, max_bytes=b.max_bytes, segment_max_bytes=b.segment_max_bytes,
                                  segment_max_age=b.segment_max_age, fsync=b.fsync)
@@ -61,7 +65,7 @@ class Pipeline(Service):
         self.supervisor = Supervisor(settings.failover, self.sinks, m, report=self._report)
         if spill is not None:
             self.supervisor.connect(kafka, spill)
-        self.router = RouterStage(Router(settings.router), self.supervisor, m)
+        self.router = RouterStage(Router(settings.router), self.supervisor, m, interceptors)
         self.kafka_stages = [KafkaStage(i, sink, self.supervisor, m, settings.failover.timeout)
                              for i, sink in enumerate(self.sinks)]
         self.spill = SpillStage(self.buffer, m)
@@ -138,6 +142,9 @@ class Pipeline(Service):
             self._throttled.log(logging.ERROR, "guard", "a call got no answer within %.0fs; answering FAILED",
                                 self._reply_guard)
             return Status.FAILED
+
+    def _count_filtered(self, interceptor: str, n: int) -> None:
+        self.metrics.filtered.labels(interceptor=interceptor).inc(n)
 
     async def _report(self, outcome: Outcome) -> None:
         await self.outcomes.send(value=outcome)

@@ -9,6 +9,10 @@ environment (upper case, dots to underscores: ``source.thrift.port`` is
 Durations take seconds as a number or a string with a unit (``250ms``, ``5s``,
 ``10m``, ``2h``, ``7d``); sizes take bytes as a number or a string with a unit
 (``64MiB``, ``10GB``).
+
+``[[interceptors]]`` is an array of tables, each with a ``type`` (Flume's built-ins:
+:data:`INTERCEPTOR_TYPES`) and that type's keys; it is set in the file only (no
+environment override) and its keys are named ``interceptors[<index>].<key>``.
 """
 
 from __future__ import annotations
@@ -130,6 +134,86 @@ class WebSettings:
     port: int = 6066
 
 
+# -- Flume's interceptors (applied in order by agents/interceptors.py) ---------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TimestampInterceptorSettings:
+    """Sets ``header`` to the call's receive time in ms since the epoch, as decimal text."""
+
+    type: Literal["timestamp"] = "timestamp"
+    header: str = "timestamp"
+    preserve_existing: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class HostInterceptorSettings:
+    """Sets ``header`` to this machine's IP address (``use_ip``) or its host name."""
+
+    type: Literal["host"] = "host"
+    header: str = "host"
+    use_ip: bool = True
+    preserve_existing: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StaticInterceptorSettings:
+    """Sets header ``key`` to ``value`` (both required)."""
+
+    type: Literal["static"] = "static"
+    key: str = ""
+    value: str = ""
+    preserve_existing: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveHeaderInterceptorSettings:
+    """Removes the header ``name``, those listed in ``from_list`` (split by the regular expression
+    ``list_separator``) and those whose whole name matches ``match_regex``: at least one of the three."""
+
+    type: Literal["remove_header"] = "remove_header"
+    name: str = ""
+    from_list: str = ""
+    list_separator: str = r"\s*,\s*"
+    match_regex: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class UUIDInterceptorSettings:
+    """Sets ``header`` to ``prefix`` + a random UUID (version 4): a stable id for each event."""
+
+    type: Literal["uuid"] = "uuid"
+    header: str = "id"
+    preserve_existing: bool = True
+    prefix: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RegexFilterInterceptorSettings:
+    """Keeps only the events whose body (as UTF-8) ``regex`` finds, or drops them (``exclude_events``)."""
+
+    type: Literal["regex_filter"] = "regex_filter"
+    regex: str = ""
+    exclude_events: bool = False
+
+
+InterceptorSettings = (TimestampInterceptorSettings | HostInterceptorSettings | StaticInterceptorSettings
+                       | RemoveHeaderInterceptorSettings | UUIDInterceptorSettings | RegexFilterInterceptorSettings)
+
+#: ``type`` -> its settings
+INTERCEPTOR_TYPES: Mapping[str, type[InterceptorSettings]] = {
+    "timestamp": TimestampInterceptorSettings,
+    "host": HostInterceptorSettings,
+    "static": StaticInterceptorSettings,
+    "remove_header": RemoveHeaderInterceptorSettings,
+    "uuid": UUIDInterceptorSettings,
+    "regex_filter": RegexFilterInterceptorSettings,
+}
+
+#: keys a type cannot do without (remove_header needs one of its three options instead)
+_REQUIRED: Mapping[str, tuple[str, ...]] = {"static": ("key", "value"), "regex_filter": ("regex",)}
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
@@ -139,6 +223,8 @@ class Settings:
     failover: FailoverSettings = field(default_factory=FailoverSettings)
     drain: DrainSettings = field(default_factory=DrainSettings)
     web: WebSettings = field(default_factory=WebSettings)
+    #: ``[[interceptors]]``, in the order they apply
+    interceptors: tuple[InterceptorSettings, ...] = ()
     #: where each key's value came from: "default", the file's path, or "env:NAME"
     origins: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -268,6 +354,9 @@ def _build(cls: type, table: Mapping[str, Any], prefix: str, origin: str,
     for name in known:
         key = f"{prefix}{name}"
         tp = hints[name]
+        if cls is Settings and name == "interceptors":
+            kwargs[name] = _build_interceptors(table.get(name, []), origin, env, origins)
+            continue
         if dataclasses.is_dataclass(tp):
             kwargs[name] = _build(tp, table.get(name, {}), f"{key}.", origin, env, origins)  # type: ignore[arg-type]
             continue
@@ -316,6 +405,48 @@ def _validate_kafka(k: KafkaSettings) -> None:
             raise ConfigError(f"{key}.bootstrap_servers", "must name at least one broker")
         if not 1 <= cluster.producers <= 64:
             raise ConfigError(f"{key}.producers", "must be between 1 and 64")
+
+
+def _build_interceptors(value: Any, origin: str, env: Mapping[str, str],
+                        origins: dict[str, str]) -> tuple[InterceptorSettings, ...]:
+    if "SPILLWAY_INTERCEPTORS" in env:
+        raise ConfigError("SPILLWAY_INTERCEPTORS", "[[interceptors]] is set in the configuration file only")
+    if not isinstance(value, list):
+        raise ConfigError("interceptors", "expected an array of tables ([[interceptors]])")
+    out: list[InterceptorSettings] = []
+    for i, table in enumerate(value):
+        prefix = f"interceptors[{i}]"
+        if not isinstance(table, Mapping):
+            raise ConfigError(prefix, "expected a table")
+        kind = table.get("type")
+        if not isinstance(kind, str) or kind not in INTERCEPTOR_TYPES:
+            raise ConfigError(f"{prefix}.type", f"must be one of {', '.join(map(repr, INTERCEPTOR_TYPES))}, "
+                              f"got {kind!r}")
+        for key in _REQUIRED.get(kind, ()):
+            if key not in table:
+                raise ConfigError(f"{prefix}.{key}", f"is required for a {kind} interceptor")
+        item = _build(INTERCEPTOR_TYPES[kind], table, f"{prefix}.", origin, {}, origins)
+        _validate_interceptor(item, prefix)
+        out.append(item)
+    return tuple(out)
+
+
+def _validate_interceptor(item: InterceptorSettings, prefix: str) -> None:
+    for key in ("header", "key"):
+        if getattr(item, key, None) == "":
+            raise ConfigError(f"{prefix}.{key}", "must name a header")
+    if isinstance(item, RemoveHeaderInterceptorSettings) and not (item.name or item.from_list or item.match_regex):
+        raise ConfigError(f"{prefix}.name", "a remove_header interceptor needs name, from_list or match_regex")
+    for key in ("regex", "match_regex", "list_separator"):
+        pattern = getattr(item, key, None)
+        if pattern is None:
+            continue
+        try:
+            compiled = re.compile(pattern)
+        except re.error as exc:
+            raise ConfigError(f"{prefix}.{key}", f"not a valid regular expression: {exc}") from None
+        if key == "list_separator" and compiled.match(""):
+            raise ConfigError(f"{prefix}.{key}", "must not match an empty string")
 
 
 def _validate(s: Settings) -> None:
