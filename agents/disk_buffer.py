@@ -30,7 +30,15 @@ from pathlib import Path
 from typing import Final, Literal
 
 from agents.records import Record
-from agents.segments import FILE_HEADER, HEADER_LEN, RecoveryReport, encode_records, fsync_dir, recover_segment
+from agents.segments import (
+    FILE_HEADER,
+    HEADER_LEN,
+    RecoveryReport,
+    encode_records,
+    fsync_dir,
+    make_dirs,
+    recover_segment,
+)
 from topology.errors import BufferError, BufferFull
 
 __all__ = ["BufferStats", "DiskBuffer"]
@@ -169,7 +177,7 @@ class DiskBuffer:
                         self.directory, len(segments), self._events, self._bytes)
 
     def _load(self) -> tuple[list[_Segment], int, int]:
-        self.quarantine_dir.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.quarantine_dir)  # and the buffer directory itself, each durably
         for tmp in self.directory.glob("*.seg.tmp"):  # a recovery rewrite cut short
             logger.warning("disk buffer: removing leftover %s", tmp)
             tmp.unlink()

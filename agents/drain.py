@@ -50,7 +50,15 @@ import orjson
 
 from agents.disk_buffer import DiskBuffer
 from agents.records import Delivery, Record
-from agents.segments import FILE_HEADER, HEADER_LEN, encode_records, fsync_dir, iter_records, shift_offset
+from agents.segments import (
+    FILE_HEADER,
+    HEADER_LEN,
+    encode_records,
+    fsync_dir,
+    iter_records,
+    make_dirs,
+    shift_offset,
+)
 from agents.supervisor import Supervisor
 from topology.errors import BufferError, CorruptRecord, SinkRefused
 from topology.metrics import Metrics
@@ -119,7 +127,7 @@ def write_progress(directory: Path, progress: Progress | None) -> None:
 
 def set_aside(directory: Path, segment: Path, refused: Sequence[tuple[Record, SinkRefused]]) -> Path:
     """Append records Kafka refuses for good to ``directory/<segment name>`` (a segment file), fsynced."""
-    directory.mkdir(parents=True, exist_ok=True)
+    make_dirs(directory)
     target = directory / segment.name
     new = not target.exists()
     with open(target, "ab") as fh:
@@ -197,7 +205,7 @@ def _chunks(path: Path, start: int, size: int, end: int | None) -> Iterator[tupl
 
 def archive(archive_dir: Path, segment: Path, records: Sequence[Record]) -> None:
     """Append records to ``<archive>/<segment name>.gz`` (a gzip of a segment file) and fsync."""
-    archive_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs(archive_dir)
     target = archive_dir / (segment.name + ".gz")
     new = not target.exists()
     with open(target, "ab") as raw:
@@ -207,6 +215,8 @@ def archive(archive_dir: Path, segment: Path, records: Sequence[Record]) -> None
             gz.write(encode_records(records))
         raw.flush()
         os.fsync(raw.fileno())
+    if new:  # the new file's directory entry too: else a power cut can take it, and what it archived
+        fsync_dir(archive_dir)
 
 
 async def drain_segment(path: Path, sender: Sender, *, start: int = HEADER_LEN, end: int | None = None,

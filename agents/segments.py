@@ -431,6 +431,22 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def make_dirs(directory: Path) -> None:
+    """``mkdir -p`` that makes each directory it creates durable (its parent's entry fsynced):
+    a file fsynced in a directory whose own entry was never fsynced can vanish in a power cut."""
+    missing: list[Path] = []
+    d = Path(directory)
+    while not d.exists():
+        missing.append(d)
+        d = d.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir()
+        except FileExistsError:
+            continue
+        fsync_dir(d.parent)
+
+
 def _free_name(path: Path) -> Path:
     candidate, n = path, 0
     while candidate.exists():
@@ -488,7 +504,7 @@ def recover_segment(path: Path | str, quarantine_dir: Path | str) -> RecoveryRep
                 os.fsync(f.fileno())
             logger.warning("segment %s: torn file header (%d bytes) rewritten", path, scan.size)
             return RecoveryReport(path, 0, HEADER_LEN, None, scan.size, (), None, original_size=scan.size)
-        qdir.mkdir(parents=True, exist_ok=True)
+        make_dirs(qdir)
         target = _free_name(qdir / f"{path.name}.badheader")
         os.replace(path, target)
         fsync_dir(qdir)
@@ -501,7 +517,7 @@ def recover_segment(path: Path | str, quarantine_dir: Path | str) -> RecoveryRep
     # short, but on a closed one it is damage, and its bytes are evidence.
     aside = scan.corrupt + (((scan.size - scan.torn_tail_bytes, scan.torn_tail_bytes),) if scan.torn_tail_bytes else ())
     if aside:
-        qdir.mkdir(parents=True, exist_ok=True)
+        make_dirs(qdir)
         qfile = _write_quarantine(path, aside, qdir)
     if scan.corrupt:
         for offset, length in scan.corrupt:
