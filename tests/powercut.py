@@ -44,15 +44,26 @@ volatile change in its memory):
 * What is not modelled: modes, owners and times are written straight through to
   ``backing`` (never lost at a cut; after a remount a file's mtime is the time of its
   last fsync); ``flock`` and POSIX locks are the kernel's own (``flock`` works, and no
-  lock survives a cut or an unmount, as on a real disk); hard links, symlinks, special
-  files, xattrs and ``fallocate`` are refused (EPERM / ENOTSUP); entries of ``backing``
-  that are neither regular files nor directories are not shown. ``backing`` is
-  written without host fsyncs: it is the durable state against the simulated cut
-  (killing the daemon), not against a real crash of the host.
+  lock survives a cut or an unmount, as on a real disk); hard links (EPERM), symlinks
+  and special files (ENOSYS) and xattrs (ENOTSUP) are refused, ``fallocate`` too (so
+  ``posix_fallocate`` falls back to writing); entries of ``backing`` that are neither
+  regular files nor directories are not shown. ``backing`` is written without host
+  fsyncs: it is the durable state against the simulated cut (killing the daemon), not
+  against a real crash of the host.
+* A file unlinked while open stays readable, writable and ``fstat``-able through its
+  open descriptors until closed (libfuse parks it as ``.fuse_hidden*``, which the
+  daemon treats as the unlink itself: the name is never listed nor made durable).
 
 Caching: the mount uses ``direct_io`` and no writeback cache, so every ``write``
 reaches the daemon before it returns, every ``read`` is served by the daemon, and
-every ``fsync`` reaches it. (``mmap`` of a file on this mount is therefore refused.)
+every ``fsync`` reaches it. (A shared writable ``mmap`` is therefore refused with
+ENODEV; a private read-only one works.) The daemon is single-threaded: operations are
+served one at a time, in the order the kernel sends them.
+
+Debugging: with ``POWERCUT_CHECK=1`` in its environment the daemon checks after every
+directory fsync that ``backing`` is exactly its durable tree. Any internal error of the
+daemon (an exception, answered to the program as EINVAL) makes ``cut()`` and
+``unmount()`` raise RuntimeError with the daemon's log.
 
 Processes: ``mount()`` starts ``python tests/powercut.py BACKING MOUNTPOINT`` (this
 file) as a daemon and waits for the mount. It is controlled through its stdin/stdout:
@@ -84,6 +95,7 @@ from pathlib import Path
 from typing import Any
 
 STAGE_PREFIX = ".powercut-stage-"
+_CHECK = os.environ.get("POWERCUT_CHECK") == "1"  # check backing == durable state after each fsyncdir
 HIDDEN_PREFIX = ".fuse_hidden"
 _FSTYPE = "fuse.powercut"
 
@@ -95,6 +107,7 @@ _FSTYPE = "fuse.powercut"
 
 def _mounts_at(path: str) -> list[str]:
     """The filesystem types mounted at ``path`` (from /proc/self/mountinfo), innermost last."""
+    path = os.path.realpath(path)
     found = []
     try:
         with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as fh:
@@ -150,6 +163,7 @@ class PowerCutFS:
         if self._proc is not None and self._proc.poll() is None:
             raise RuntimeError(f"powercut: {self.mountpoint} is already mounted by this PowerCutFS")
         self._proc = None
+        self._close()
         self._clear_stale()
         self.backing.mkdir(parents=True, exist_ok=True)
         self.mountpoint.mkdir(parents=True, exist_ok=True)
@@ -170,12 +184,13 @@ class PowerCutFS:
             rc = self._proc.poll()
             if rc is not None:
                 self._proc = None
-                raise RuntimeError(f"powercut: the daemon exited ({rc}) before mounting "
-                                   f"{self.mountpoint}:\n{self._log_text()}")
+                text = self._log_text()
+                self._close()
+                raise RuntimeError(f"powercut: the daemon exited ({rc}) before mounting {self.mountpoint}:\n{text}")
             if time.monotonic() > deadline:
+                text = self._log_text()
                 self._kill()
-                raise RuntimeError(f"powercut: {self.mountpoint} not mounted after {timeout:.0f}s:\n"
-                                   f"{self._log_text()}")
+                raise RuntimeError(f"powercut: {self.mountpoint} not mounted after {timeout:.0f}s:\n{text}")
             time.sleep(0.01)
 
     def cut(self) -> dict[str, int]:
@@ -198,12 +213,16 @@ class PowerCutFS:
                 proc.wait()
             self._proc = None
             lazy_unmount(self.mountpoint)
-            self._close()
+            self._close(check=True)
+        if "error" in stats:
+            raise RuntimeError(f"powercut: the daemon failed to count what the cut lost: {stats['error']}")
         return {k: int(v) for k, v in stats.items()}
 
     def unmount(self) -> None:
         """A clean unmount: everything written so far is kept (written back to ``backing``).
-        Idempotent; fine on a filesystem that was cut."""
+        Idempotent; fine on a filesystem that was cut. Files still open on the mount make it
+        a lazy unmount: the daemon serves them up to 10 s more, then is killed (what they
+        wrote after the unmount began may be lost)."""
         proc = self._proc
         if proc is None:
             return
@@ -224,7 +243,7 @@ class PowerCutFS:
             self._proc = None
             if _FSTYPE in _mounts_at(str(self.mountpoint)):
                 lazy_unmount(self.mountpoint)
-            self._close()
+            self._close(check=True)
 
     def __enter__(self) -> Path:
         return self.mount()
@@ -291,10 +310,18 @@ class PowerCutFS:
         lazy_unmount(self.mountpoint)
         self._close()
 
-    def _close(self) -> None:
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+    def _close(self, check: bool = False) -> None:
+        """Forget the daemon's log; with ``check``, raise if it reports an internal error (an
+        operation that failed with an exception, not an errno: a bug here, and the program on
+        the mount was answered EINVAL)."""
+        if self._log is None:
+            return
+        text = self._log_text() if check else ""
+        self._log.close()
+        self._log = None
+        bad = [line for line in text.splitlines() if line.startswith(("powercut ERROR", "powercut CRITICAL"))]
+        if bad:
+            raise RuntimeError("powercut: the daemon had internal errors:\n" + text)
 
 
 # ---------------------------------------------------------------------------------
@@ -403,6 +430,7 @@ def _make_ops(backing: str) -> Any:
             # fstat and friends still find it by path) and unlinks that name at its last
             # close: here such a rename is the unlink, and the hidden path an alias
             self.hidden: dict[str, _Node] = {}
+            self._staging: dict[int, str] = {}  # id(node) -> where _sync_dir parked it in backing
             self.next_fh = 1
             self._scan(self.root, backing)
 
@@ -430,6 +458,10 @@ def _make_ops(backing: str) -> Any:
             parts = []
             seen: set[int] = set()
             while node is not self.root:
+                staged = self._staging.get(id(node))
+                if staged is not None:  # parked by the _sync_dir in progress
+                    parts.reverse()
+                    return os.path.join(staged, *parts)
                 link = node.dlink
                 if link is None or id(node) in seen:
                     return None
@@ -438,6 +470,18 @@ def _make_ops(backing: str) -> Any:
                 node = link[0]
             parts.reverse()
             return os.path.join(self.backing, *parts)
+
+        @staticmethod
+        def _above(node: _Node, d: _Dir) -> bool:
+            """Whether ``node`` is a durable ancestor of ``d``."""
+            seen: set[int] = set()
+            n: _Node = d
+            while n.dlink is not None and id(n) not in seen:
+                seen.add(id(n))
+                n = n.dlink[0]
+                if n is node:
+                    return True
+            return False
 
         @staticmethod
         def _alive(node: _Node) -> bool:
@@ -461,9 +505,11 @@ def _make_ops(backing: str) -> Any:
                 for name, child in node.dur.items():
                     self._materialize(child, os.path.join(path, name))
             else:
+                if node.dmem is None:
+                    raise RuntimeError(f"powercut internal error: the durable content of {path} is lost")
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, node.mode)
                 try:
-                    _pwrite_all(fd, memoryview(node.dmem or b""), 0)
+                    _pwrite_all(fd, memoryview(node.dmem), 0)
                     os.fchmod(fd, node.mode)
                 finally:
                     os.close(fd)
@@ -527,8 +573,22 @@ def _make_ops(backing: str) -> Any:
             if old == new:
                 return
             dp = self._bpath(d)
+            if dp is not None:
+                for name, node in new.items():
+                    if old.get(name) is not node and node.dlink is not None and self._above(node, d):
+                        # d was durably inside ``node``: making ``node`` durable in d makes both a
+                        # cycle that the root no longer reaches: all of it leaves backing
+                        e, m = node.dlink
+                        ep = self._bpath(e)
+                        assert ep is not None
+                        self._to_memory(node, os.path.join(ep, m), True)
+                        _remove_backing(os.path.join(ep, m))
+                        del e.dur[m]
+                        node.dlink = None
+                        dp = None
+                        break
             in_new = {id(n) for n in new.values()}
-            staged: dict[int, str] = {}
+            staged = self._staging
             kept = {}
             for name, node in old.items():  # entries that lose their durable name here
                 if new.get(name) is node:
@@ -545,6 +605,13 @@ def _make_ops(backing: str) -> Any:
                         self._to_memory(node, p, self._alive(node))
                         _remove_backing(p)
             d.dur = kept
+            try:
+                self._gain(d, dp, new, kept, staged)
+            finally:
+                staged.clear()
+
+        def _gain(self, d: _Dir, dp: str | None, new: dict[str, _Node], kept: dict[str, _Node],
+                  staged: dict[int, str]) -> None:
             for name, node in new.items():  # entries that gain their durable name here
                 if kept.get(name) is node:
                     continue
@@ -567,6 +634,32 @@ def _make_ops(backing: str) -> Any:
                 elif src is not None:
                     self._to_memory(node, src, True)
                     _remove_backing(src)
+
+        def check(self, what: str) -> None:
+            """(POWERCUT_CHECK=1) Log an ERROR when ``backing`` is not exactly the durable tree."""
+            want: dict[str, Any] = {}
+
+            def walk(d: _Dir, rel: str) -> None:
+                for name, n in d.dur.items():
+                    p = os.path.join(rel, name)
+                    if n.is_dir:
+                        want[p] = None
+                        walk(n, p)  # type: ignore[arg-type]
+                    else:
+                        want[p] = n.size if not n.dirty and n.data is None else n.dsize  # type: ignore[union-attr]
+            walk(self.root, "")
+            have: dict[str, Any] = {}
+            for dp, dns, fns in os.walk(self.backing):
+                for x in dns:
+                    have[os.path.relpath(os.path.join(dp, x), self.backing)] = None
+                for x in fns:
+                    p = os.path.join(dp, x)
+                    have[os.path.relpath(p, self.backing)] = os.path.getsize(p)
+            if want != have:
+                import logging
+                logging.getLogger("powercut").error("after %s: backing %s != durable %s", what,
+                                                     sorted(set(have.items()) - set(want.items())),
+                                                     sorted(set(want.items()) - set(have.items())))
 
         def sync_all(self) -> None:
             """Make everything durable, as a clean shutdown does."""
@@ -779,7 +872,10 @@ def _make_ops(backing: str) -> Any:
         def fsync(self, path: str | None, datasync: int, fh: int) -> int:
             with self._mutex:
                 f, _ = self._file(fh)
-                self._sync_file(f)
+                try:
+                    self._sync_file(f)
+                except OSError as e:  # in backing: not the caller's error
+                    raise RuntimeError(f"powercut internal error in fsync: {e!r}") from e
                 return 0
 
         def flush(self, path: str | None, fh: int) -> int:
@@ -824,7 +920,12 @@ def _make_ops(backing: str) -> Any:
             with self._mutex:
                 d = self._node(path, fh)
                 if d.is_dir:
-                    self._sync_dir(d)  # type: ignore[arg-type]
+                    try:
+                        self._sync_dir(d)  # type: ignore[arg-type]
+                    except OSError as e:  # in backing: not the caller's error
+                        raise RuntimeError(f"powercut internal error in fsyncdir: {e!r}") from e
+                    if _CHECK:
+                        self.check(f"fsyncdir {self._bpath(d)}")
                 return 0
 
         def mkdir(self, path: str, mode: int) -> int:

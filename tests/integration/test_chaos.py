@@ -67,6 +67,7 @@ import json
 import os
 import random
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -688,23 +689,33 @@ def record(summary: dict[str, Any]) -> None:
     """Append a run to RELIABILITY.md: the figures, a table by kind of fault, the rounds."""
     path = ROOT / "RELIABILITY.md"
     s = summary
-    lines = [f"\n## {time.strftime('%Y-%m-%d %H:%M')}: {s['rounds']} rounds, seed {s['seed']}\n",
+    commit = ""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+        if head.returncode == 0:
+            commit = f", commit {head.stdout.strip()}" + (" with uncommitted changes" if dirty.stdout.strip() else "")
+    lost_by_kind = ", ".join(f"{k} {v:,}" for k, v in s["lost_by_kind"].items())
+    lines = [f"\n## {time.strftime('%Y-%m-%d %H:%M')}: {s['rounds']} rounds, seed {s['seed']}{commit}\n",
              f"- calls: {s['calls_total']:,} ({s['calls']['ok']:,} OK, {s['calls']['failed']:,} FAILED, "
              f"{s['calls']['error']:,} ERROR, {s['calls']['broken']:,} broken connections)",
              f"- acknowledged events: {s['acknowledged']:,}; **lost (measured): {s['lost']:,}**"
-             + (f" ({s['lost_by_kind']})" if s["lost"] else ""),
+             + (f" ({lost_by_kind})" if s["lost"] else ""),
              f"- damaged by bit flips (the one legitimate loss): {s['damaged']} events, of which "
              f"{s['damaged_missing']} missing from Kafka",
              f"- poison events moved to undeliverable/: {s['undeliverable']}",
              f"- duplicates: {s['duplicates']:,} ({s['duplicate_pct']} % of acknowledged; the worker counted "
              f"{s['worker_counted_duplicates']:,} possible)",
              f"- records that differ from what was sent: {s['wrong_records']}; {s['minutes']} minutes\n",
-             "| fault | rounds | acknowledged | lost | damaged | undeliverable | duplicates (%) | to first OK "
-             "p50 / max (s) | to empty buffer p50 / max (s) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| fault | rounds | acknowledged | lost | damaged | undeliverable | duplicates (%) | worker counted "
+             "| to first OK p50 / max (s) | to empty buffer p50 / max (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for kind, k in s["by_kind"].items():
-        lines.append(f"| {kind} | {k['rounds']} | {k['acknowledged']:,} | {k['lost']} | {k['damaged']} | "
+        lines.append(f"| {kind} | {k['rounds']} | {k['acknowledged']:,} | {k['lost']:,} | {k['damaged']} | "
                      f"{k['undeliverable']} | {k['duplicates']:,} ({k['duplicate_pct']}) | "
+                     f"{k['worker_counted_duplicates']:,} | "
                      f"{k['to_ok_s']['p50']} / {k['to_ok_s']['max']} | "
                      f"{k['to_empty_s']['p50']} / {k['to_empty_s']['max']} |")
     lines.append("\nWhere the duplicates come from:\n")
