@@ -137,6 +137,8 @@ class DiskBuffer:
         self.appended_events = 0
         self.fsyncs = 0
         self.quarantined_records = 0
+        #: segments that start-up recovery cut bytes out of (the drain carries its progress over)
+        self.recovered: dict[Path, RecoveryReport] = {}
         self._queue_size = queue_size
         self._state: Literal["new", "running", "stopping", "stopped"] = "new"
         self._segments: dict[Path, _Segment] = {}  # oldest first; the active one last
@@ -191,6 +193,8 @@ class DiskBuffer:
             max_seq = max(max_seq, int(match.group(1)))
             report = recover_segment(path, self.quarantine_dir)
             quarantined += len(report.quarantined_ranges)
+            if report.removed:
+                self.recovered[path] = report
             if report.quarantined_whole:
                 continue
             if report.kept_events == 0:

@@ -346,6 +346,15 @@ class Drain:
         """``(offset, events already gone)`` to resume ``path`` from, counting what a restart resends."""
         if progress is None or progress.segment != path.name:
             return HEADER_LEN, 0
+        report = self.buffer.recovered.get(path)
+        if (not progress.matches(path.name, size) and report is not None and report.kept_bytes == size
+                and progress.matches(path.name, report.original_size)):
+            # Start-up recovery cut damaged bytes out of this segment: the offsets after them moved
+            # by exactly what was cut, so the progress moves with them (nothing resent, nothing skipped).
+            logger.warning("drain: %s was rewritten by recovery; resuming at byte %d (was %d)", path.name,
+                           shift_offset(progress.offset, report.removed), progress.offset)
+            progress = Progress(path.name, shift_offset(progress.offset, report.removed), size, progress.events,
+                                progress.inflight_end, progress.inflight_events)
         if not progress.matches(path.name, size):
             # Rewritten by recovery since (or written by an older version): offsets no longer
             # hold. Start over; what was sent before goes again, and is counted.
