@@ -39,7 +39,7 @@ from agents.segments import (
     make_dirs,
     recover_segment,
 )
-from topology.errors import BufferError, BufferFull
+from core.errors import BufferError, BufferFull
 
 __all__ = ["BufferStats", "DiskBuffer"]
 

@@ -18,7 +18,7 @@ as finished), and deleted only when every byte of it was read and every event in
 acknowledged, archived or set aside; progress is cleared after the delete, so a crash
 in between resends nothing.
 
-Events Kafka refuses for good (:class:`~topology.errors.SinkRefused`: a topic it does not
+Events Kafka refuses for good (:class:`~core.errors.SinkRefused`: a topic it does not
 have with auto-create off, a record over its size limit, a topic this client may not
 write) go to ``<buffer>/undeliverable/<segment name>`` (segment files, fsynced, that
 ``spillway buffer`` and ``spillway replay`` read), with one log line per topic and
@@ -60,10 +60,10 @@ from agents.segments import (
     shift_offset,
 )
 from agents.supervisor import Supervisor
-from topology.errors import BufferError, CorruptRecord, SinkRefused
-from topology.metrics import Metrics
-from topology.ratelog import Throttled
-from topology.settings import DrainSettings
+from core.errors import BufferError, CorruptRecord, SinkRefused
+from core.metrics import Metrics
+from core.ratelog import Throttled
+from core.settings import DrainSettings
 
 logger = logging.getLogger(__name__)
 

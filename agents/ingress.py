@@ -16,9 +16,9 @@ from agents.records import Batch, Envelope
 from agents.router import Router
 from agents.supervisor import Supervisor, settle
 from agents.thrift_source import Status
-from topology.errors import RoutingError
-from topology.metrics import Metrics
-from topology.ratelog import Throttled
+from core.errors import RoutingError
+from core.metrics import Metrics
+from core.ratelog import Throttled
 
 logger = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from agents.router import Event
-from topology.settings import (
+from core.settings import (
     HostInterceptorSettings, InterceptorSettings, RegexFilterInterceptorSettings, RemoveHeaderInterceptorSettings,
     StaticInterceptorSettings, TimestampInterceptorSettings, UUIDInterceptorSettings,
 )

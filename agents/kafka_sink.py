@@ -8,10 +8,10 @@ A call waits on the futures of the batches that hold its records
 
 Errors retrying cannot fix (a topic Kafka does not have while auto-create is off, a
 record over the broker's size limit, a topic this client may not write) are told apart
-from outages: :class:`~topology.errors.SinkRefused` for those records only, so one bad
+from outages: :class:`~core.errors.SinkRefused` for those records only, so one bad
 event never parks Kafka for everyone. A batch refused as too large is split and its
 records sent one by one, so only the oversize one is refused. Everything else is a
-retriable :class:`~topology.errors.SinkError`. This is the only module that imports
+retriable :class:`~core.errors.SinkError`. This is the only module that imports
 ``aiokafka.errors``.
 """
 
@@ -33,8 +33,8 @@ from aiokafka.protocol.metadata import MetadataRequest
 from aiokafka.structs import TopicPartition
 
 from agents.records import Delivery, Record
-from topology.errors import SinkError, SinkRefused
-from topology.settings import KafkaSettings
+from core.errors import SinkError, SinkRefused
+from core.settings import KafkaSettings
 
 logger = logging.getLogger(__name__)
 

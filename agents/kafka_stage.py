@@ -17,8 +17,8 @@ from agents.records import Batch
 from agents.supervisor import Outcome, Supervisor, settle
 from agents.tasks import TaskSet
 from agents.thrift_source import Status
-from topology.metrics import Metrics
-from topology.ratelog import Throttled
+from core.metrics import Metrics
+from core.ratelog import Throttled
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from topology.errors import SinkRefused
+from core.errors import SinkRefused
 
 #: a list (not a tuple): aiokafka's record batch builder takes exactly a list
 Headers = list[tuple[str, bytes]] | tuple[tuple[str, bytes], ...]

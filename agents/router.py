@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from agents.records import Record
-from topology.errors import RoutingError
-from topology.settings import TOPIC_RE, RouterSettings
+from core.errors import RoutingError
+from core.settings import TOPIC_RE, RouterSettings
 
 logger = logging.getLogger(__name__)
 

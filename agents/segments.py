@@ -45,7 +45,7 @@ from typing import Any, BinaryIO, Final
 import orjson
 
 from agents.records import Record
-from topology.errors import CorruptRecord
+from core.errors import CorruptRecord
 
 logger = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ from agents.records import Batch
 from agents.supervisor import settle
 from agents.tasks import TaskSet
 from agents.thrift_source import Status
-from topology.errors import BufferError, BufferFull
-from topology.metrics import Metrics
-from topology.ratelog import Throttled
+from core.errors import BufferError, BufferFull
+from core.metrics import Metrics
+from core.ratelog import Throttled
 
 logger = logging.getLogger(__name__)
 

@@ -23,9 +23,9 @@ from typing import Any, Protocol
 
 from agents.records import Batch, Delivery, Record
 from agents.thrift_source import Status
-from topology.metrics import Metrics
-from topology.ratelog import Throttled
-from topology.settings import FailoverSettings
+from core.metrics import Metrics
+from core.ratelog import Throttled
+from core.settings import FailoverSettings
 
 logger = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ from thriftpy2.thrift import TMessageType
 
 from agents.flume_wire import Unusual, decode_binary, decode_compact
 from agents.router import from_thrift
-from topology.errors import FrameError, SourceError
-from topology.settings import ThriftSettings
+from core.errors import FrameError, SourceError
+from core.settings import ThriftSettings
 
 flume = thriftpy2.load(str(Path(__file__).with_name("flume.thrift")), module_name="flume_thrift")
 Status = flume.Status

@@ -35,10 +35,10 @@ from mode import Service
 from agents.thrift_codec import (  # noqa: F401 - the codec's names, re-exported for callers
     _SERVICE, Call, Codec, LimitError, Status, ThriftFlumeEvent, check_limits, flume,
 )
-from topology.errors import ConfigError, FrameError
-from topology.metrics import Metrics
-from topology.ratelog import Throttled
-from topology.settings import ThriftSettings
+from core.errors import ConfigError, FrameError
+from core.metrics import Metrics
+from core.ratelog import Throttled
+from core.settings import ThriftSettings
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 
 from agents.interceptors import Chain
 from agents.router import Event
-from topology.settings import (
+from core.settings import (
     HostInterceptorSettings, InterceptorSettings, RegexFilterInterceptorSettings, RemoveHeaderInterceptorSettings,
     StaticInterceptorSettings, TimestampInterceptorSettings, UUIDInterceptorSettings,
 )

@@ -26,9 +26,9 @@ import faust
 from faust.app.base import BootStrategy
 
 from agents.supervisor import Outcome
-from topology.errors import ConfigError
+from core.errors import ConfigError
 from topology.pipeline import Pipeline
-from topology.settings import Settings, load_settings
+from core.settings import Settings, load_settings
 
 logger = logging.getLogger(__name__)
 

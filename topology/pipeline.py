@@ -33,9 +33,9 @@ from agents.router import Router
 from agents.spill import SpillStage
 from agents.supervisor import DrainSender, Outcome, Supervisor
 from agents.thrift_source import Status, ThriftSource, now_ms
-from topology.metrics import Metrics
-from topology.ratelog import Throttled, drop_debug_overhead, throttle_library_logs
-from topology.settings import Settings
+from core.metrics import Metrics
+from core.ratelog import Throttled, drop_debug_overhead, throttle_library_logs
+from core.settings import Settings
 
 logger = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from agents.supervisor import Failover
 from topology import app as topo
 from topology.pipeline import Pipeline
-from topology.settings import KafkaSettings
-from topology.ratelog import Throttled
+from core.settings import KafkaSettings
+from core.ratelog import Throttled
 
 logger = logging.getLogger(__name__)
 app: faust.App = topo.app

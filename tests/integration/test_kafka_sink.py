@@ -11,7 +11,7 @@ from helpers import read_topic, unique
 from agents.kafka_sink import KafkaSink
 from agents.records import Record
 from devtools.kafka import Broker
-from topology.settings import Duration, KafkaSettings
+from core.settings import Duration, KafkaSettings
 
 pytestmark = pytest.mark.kafka
 

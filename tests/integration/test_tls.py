@@ -24,8 +24,8 @@ from thriftpy2.transport import TFramedTransportFactory
 from agents.thrift_source import server_ssl_context
 from devtools.kafka import Broker
 from helpers import Status, Worker, client, event, flume, read_topic, unique
-from topology.errors import ConfigError
-from topology.settings import load_settings
+from core.errors import ConfigError
+from core.settings import load_settings
 
 pytestmark = pytest.mark.kafka
 

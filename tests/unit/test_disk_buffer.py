@@ -16,7 +16,7 @@ from agents import disk_buffer as disk_buffer_module
 from agents.disk_buffer import DiskBuffer
 from agents.records import Record
 from agents.segments import HEADER_LEN, encode_records, iter_records, scan_segment
-from topology.errors import BufferError, BufferFull
+from core.errors import BufferError, BufferFull
 
 MiB = 1024 * 1024
 

@@ -21,9 +21,9 @@ from agents.disk_buffer import DiskBuffer
 from agents.drain import Drain, read_progress
 from agents.records import Delivery, Record
 from agents.segments import iter_records
-from topology.errors import SinkRefused
-from topology.metrics import Metrics
-from topology.settings import Duration, DrainSettings
+from core.errors import SinkRefused
+from core.metrics import Metrics
+from core.settings import Duration, DrainSettings
 
 MiB = 1024 * 1024
 NOW_MS = int(time.time() * 1000)  # recent: older than drain.max_age would be archived, not sent

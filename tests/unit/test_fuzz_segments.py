@@ -38,7 +38,7 @@ from agents.segments import (
     recover_segment,
     scan_segment,
 )
-from topology.errors import CorruptRecord
+from core.errors import CorruptRecord
 
 settings.register_profile("spillway", max_examples=100, deadline=None, database=None,
                           suppress_health_check=[HealthCheck.too_slow])

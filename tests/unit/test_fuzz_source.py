@@ -27,9 +27,9 @@ from thriftpy2.thrift import TMessageType
 from thriftpy2.transport import TMemoryBuffer
 
 from agents.thrift_source import _SERVICE, Codec, Status, ThriftFlumeEvent, ThriftSource, _Hangup
-from topology.errors import FrameError
-from topology.metrics import Metrics
-from topology.settings import ThriftSettings
+from core.errors import FrameError
+from core.metrics import Metrics
+from core.settings import ThriftSettings
 
 settings.register_profile("spillway", max_examples=100, deadline=None, database=None,
                           suppress_health_check=[HealthCheck.too_slow])

@@ -14,9 +14,9 @@ import pytest
 from agents.interceptors import Chain, build, machine_address, machine_name, uuid4s
 from agents.router import Event, Router
 from agents.thrift_source import Status
-from topology.errors import ConfigError
+from core.errors import ConfigError
 from topology.pipeline import Envelope, Pipeline
-from topology.settings import (
+from core.settings import (
     BufferSettings, HostInterceptorSettings, RegexFilterInterceptorSettings, RemoveHeaderInterceptorSettings,
     RouterSettings, Settings, StaticInterceptorSettings, TimestampInterceptorSettings, UUIDInterceptorSettings,
     load_settings,

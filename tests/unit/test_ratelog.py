@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from topology.ratelog import ThrottleFilter, Throttled
+from core.ratelog import ThrottleFilter, Throttled
 
 
 def record(name: str, msg: str) -> logging.LogRecord:

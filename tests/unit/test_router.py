@@ -6,8 +6,8 @@ import pytest
 
 from agents.router import Event, Router, from_thrift
 from agents.thrift_source import ThriftFlumeEvent
-from topology.errors import RoutingError
-from topology.settings import RouterSettings
+from core.errors import RoutingError
+from core.settings import RouterSettings
 
 
 def ev(body: bytes = b"", **headers: str) -> Event:

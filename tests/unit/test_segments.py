@@ -25,7 +25,7 @@ from agents.segments import (
     scan_segment,
     shift_offset,
 )
-from topology.errors import CorruptRecord
+from core.errors import CorruptRecord
 
 
 def rec(i: int, topic: str = "events", body: bytes | None = None) -> Record:

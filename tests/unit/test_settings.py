@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from topology.errors import ConfigError
-from topology.settings import DEFAULT_CONFIG, Settings, load_settings, parse_duration, parse_size
+from core.errors import ConfigError
+from core.settings import DEFAULT_CONFIG, Settings, load_settings, parse_duration, parse_size
 
 
 def write(tmp_path: Path, text: str) -> Path:

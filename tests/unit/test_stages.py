@@ -20,9 +20,9 @@ from agents.router import Router
 from agents.spill import SpillStage
 from agents.supervisor import DrainSender, Outcome, Supervisor
 from agents.thrift_source import Status
-from topology.errors import SinkRefused
-from topology.metrics import Metrics
-from topology.settings import Duration, FailoverSettings, RouterSettings
+from core.errors import SinkRefused
+from core.metrics import Metrics
+from core.settings import Duration, FailoverSettings, RouterSettings
 
 
 class FakeSink:

@@ -10,8 +10,8 @@ from thriftpy2.thrift import TMessageType
 from thriftpy2.transport import TMemoryBuffer
 
 from agents.thrift_source import Codec, Status, ThriftFlumeEvent, _SERVICE, check_limits, LimitError
-from topology.errors import FrameError
-from topology.settings import ThriftSettings
+from core.errors import FrameError
+from core.settings import ThriftSettings
 
 FACTORIES = {"compact": TCompactProtocolFactory(), "binary": TBinaryProtocolFactory()}
 

@@ -19,7 +19,7 @@ import click
 from faust.cli import AppCommand
 
 from topology.commands.core import EXIT_USAGE, CommandError
-from topology.settings import Settings
+from core.settings import Settings
 
 
 class SpillwayCommand(AppCommand):

@@ -1,6 +1,6 @@
 """``spillway check-config [PATH]``: validate a configuration file, print the effective settings.
 
-Loads the file itself with :func:`~topology.settings.load_settings` (environment
+Loads the file itself with :func:`~core.settings.load_settings` (environment
 overrides included), so it works even when the configuration the app loaded at
 import is invalid.
 """
@@ -16,8 +16,8 @@ from faust.cli import argument, option
 from topology.app import app
 from topology.commands.base import SpillwayCommand
 from topology.commands.core import EXIT_OK, CommandError, dumps, toml_value
-from topology.errors import ConfigError
-from topology.settings import DEFAULT_CONFIG, load_settings
+from core.errors import ConfigError
+from core.settings import DEFAULT_CONFIG, load_settings
 
 
 def origin_label(origin: str, path: Path) -> str:

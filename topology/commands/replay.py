@@ -36,7 +36,7 @@ from topology.commands.core import (
     dumps,
     is_archive,
 )
-from topology.errors import CorruptRecord
+from core.errors import CorruptRecord
 
 #: Kafka's default retention.ms (7 days): older record timestamps are deleted at its next retention check
 OLD_MS = 7 * 86_400_000

@@ -4,7 +4,7 @@ Load order for every key: the default below, then ``config/spillway.toml`` (or t
 file named by ``SPILLWAY_CONFIG``), then ``SPILLWAY_<SECTION>_<KEY>`` from the
 environment (upper case, dots to underscores: ``source.thrift.port`` is
 ``SPILLWAY_SOURCE_THRIFT_PORT``). A bad value fails at start with a
-:class:`~topology.errors.ConfigError` that names the key.
+:class:`~core.errors.ConfigError` that names the key.
 
 Durations take seconds as a number or a string with a unit (``250ms``, ``5s``,
 ``10m``, ``2h``, ``7d``); sizes take bytes as a number or a string with a unit
@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 import orjson
 
-from topology.errors import ConfigError
+from core.errors import ConfigError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "spillway.toml"
 
