@@ -12,6 +12,11 @@ from core.errors import SinkRefused
 #: a list (not a tuple): aiokafka's record batch builder takes exactly a list
 Headers = list[tuple[str, bytes]] | tuple[tuple[str, bytes], ...]
 
+#: One Flume event as a source hands it in: its headers as ``(name, value)`` pairs in wire
+#: order (they become the Kafka record headers as they are) and its body. A plain tuple:
+#: the decoder builds one per event, in a fraction of a NamedTuple's time.
+Event = tuple[list[tuple[str, bytes]], bytes]
+
 
 class Record(NamedTuple):
     """One event, routed: everything needed to send it to Kafka now or years later.

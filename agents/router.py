@@ -11,20 +11,15 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from agents.records import Record
+from agents.records import Event, Record
 from core.errors import RoutingError
 from core.settings import TOPIC_RE, RouterSettings
 
 logger = logging.getLogger(__name__)
 
 
-#: One Flume event as the source hands it in: its headers as ``(name, value)`` pairs in
-#: wire order (ready to be Kafka record headers) and its body.
-Event = tuple[list[tuple[str, bytes]], bytes]
-
-
 def from_thrift(event: Any) -> Event:
-    """A thriftpy2 ``ThriftFlumeEvent`` (the general decoding path) as an :data:`Event`."""
+    """A thriftpy2 ``ThriftFlumeEvent`` (as a Thrift client builds it) as an :data:`Event`."""
     return ([(_as_str(k), _as_bytes(v)) for k, v in (event.headers or {}).items()], event.body or b"")
 
 

@@ -3,7 +3,8 @@
 Framed transport (a 4-byte big-endian length, then one Thrift message), compact
 protocol by default, binary by setting; ``append`` and ``appendBatch`` answer a
 ``Status``. Each frame is read whole, then decoded in memory by a strict decoder
-written for Flume's two calls (:mod:`agents.thrift_codec`); replies are encoded by thriftpy2.
+written for Flume's two calls (:mod:`agents.thrift_codec`), which checks the limits
+below as it goes; replies are encoded by thriftpy2.
 
 Bad input never takes the server down: a length prefix over the cap is refused
 before anything is allocated, a frame that does not decode closes that connection
@@ -12,7 +13,7 @@ Connection hygiene, each a setting: at most ``max_connections`` at once, a
 connection silent for ``idle_timeout`` is closed, a frame must arrive whole within
 ``frame_timeout`` of its first byte (slowloris), replies not read for
 ``idle_timeout`` close it too; calls on a connection run one at a time (see
-``check_limits`` for what that means for ``max_inflight_events_per_connection``).
+``agents.thrift_codec.Codec`` for what that means for ``max_inflight_events_per_connection``).
 Optional TLS (``tls_certfile``...), with client certificates when
 ``tls_verify_client``; the loop does the handshake (within ``frame_timeout``) before a
 connection reaches ``_accept``, so a failed handshake is neither counted nor logged here.
@@ -32,8 +33,9 @@ from typing import Any, Final
 
 from mode import Service
 
+from agents.records import Event
 from agents.thrift_codec import (  # noqa: F401 - the codec's names, re-exported for callers
-    _SERVICE, Call, Codec, LimitError, Status, ThriftFlumeEvent, check_limits, flume,
+    _SERVICE, Call, Codec, LimitError, Status, ThriftFlumeEvent, flume,
 )
 from core.errors import ConfigError, FrameError
 from core.metrics import Metrics
@@ -43,7 +45,7 @@ from core.settings import ThriftSettings
 logger = logging.getLogger(__name__)
 
 #: What the source hands downstream: the events of one call; answers a Status.
-Handler = Callable[[Sequence[Any]], Awaitable[int]]
+Handler = Callable[[Sequence[Event]], Awaitable[int]]
 
 #: Why the server closed a connection (the ``reason`` of ``ThriftSource.closed``).
 CLOSE_REASONS: Final = ("client_closed", "bad_frame", "idle_timeout", "frame_timeout", "write_timeout",
@@ -92,7 +94,7 @@ class ThriftSource(Service):
         self.settings = settings
         self.handler = handler
         self.metrics = metrics
-        self.codec = Codec(settings.protocol)
+        self.codec = Codec(settings.protocol, settings)
         self._server: asyncio.Server | None = None
         self._ssl: ssl.SSLContext | None = None
         self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
@@ -205,7 +207,7 @@ class ThriftSource(Service):
             frame = await self._read_frame(reader)
             call = self.codec.decode(frame)
             del frame
-            status = await self.answer(call.events)
+            status = await self.answer(call)
             writer.write(self.codec.reply(call, status))
             try:
                 async with asyncio.timeout(idle):
@@ -213,12 +215,12 @@ class ThriftSource(Service):
             except TimeoutError:
                 raise _Hangup("write_timeout", f"replies not read for {idle:g}s") from None
 
-    async def answer(self, events: Sequence[Any]) -> int:
-        """The Status for one call: checks limits, then asks the handler."""
+    async def answer(self, call: Call) -> int:
+        """The Status for one call: ERROR if over a limit, else the handler's."""
+        events = call.events
         self._received.inc(len(events))
-        try:
-            check_limits(events, self.settings)
-        except LimitError as exc:
+        if call.refused is not None:
+            exc = call.refused
             self.metrics.refused.labels(reason=exc.reason).inc(len(events))
             self._throttled.log(logging.WARNING, exc.reason, "thrift source: ERROR for a call: %s", exc)
             return Status.ERROR

@@ -3,7 +3,8 @@
 Whatever the bytes: the decoder returns a call or raises FrameError, in time and memory
 bounded by the frame's size (never by a length the bytes claim); the connection loop ends
 only with FrameError, a timeout hang-up or the client's end of stream; valid calls decode
-to exactly what a Thrift client sent, unknown fields skipped.
+to exactly what a Thrift client sent, unknown fields skipped, and the limits the decoder
+checks as it goes refuse exactly what counting each decoded event would.
 
 Examples per test come from the hypothesis profile: ``spillway`` (default, fast) or
 ``spillway-long`` (``SPILLWAY_HYPOTHESIS_PROFILE=spillway-long``).
@@ -26,10 +27,11 @@ from thriftpy2.protocol import TBinaryProtocolFactory, TCompactProtocolFactory
 from thriftpy2.thrift import TMessageType
 from thriftpy2.transport import TMemoryBuffer
 
-from agents.thrift_source import _SERVICE, Codec, Status, ThriftFlumeEvent, ThriftSource, _Hangup
+from agents.thrift_codec import _SERVICE, Codec, Status, ThriftFlumeEvent
+from agents.thrift_source import ThriftSource, _Hangup
 from core.errors import FrameError
 from core.metrics import Metrics
-from core.settings import ThriftSettings
+from core.settings import Size, ThriftSettings
 
 settings.register_profile("spillway", max_examples=100, deadline=None, database=None,
                           suppress_health_check=[HealthCheck.too_slow])
@@ -223,6 +225,39 @@ def test_unknown_fields_of_newer_clients_are_skipped(protocol: str, data: st.Dat
     call = codec.decode(encode_call(protocol, "append", 6, extended.Flume2, event=one,
                                     trace=data.draw(st.none() | st.integers(-2**63, 2**63 - 1))))
     assert call.events == [shape(one)]
+
+
+def reference_refusal(events: list[tuple[list[tuple[str, bytes]], bytes]], s: ThriftSettings) -> str | None:
+    """The first limit a call breaks, counted event by event after decoding."""
+    if len(events) > min(s.max_batch_events, s.max_inflight_events_per_connection):
+        return "batch_too_large"
+    for headers, body in events:
+        header_bytes = sum(len(k) + len(v) for k, v in headers)
+        if len(headers) > s.max_headers:
+            return "too_many_headers"
+        if header_bytes > s.max_header_bytes:
+            return "headers_too_large"
+        if header_bytes + len(body) > s.max_event_bytes:
+            return "event_too_large"
+    return None
+
+
+limits = st.builds(ThriftSettings, max_batch_events=st.integers(1, 8), max_event_bytes=st.integers(0, 120).map(Size),
+                   max_headers=st.integers(0, 6), max_header_bytes=st.integers(0, 60).map(Size),
+                   max_inflight_events_per_connection=st.integers(1, 8))
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@given(data=st.data())
+@settings(max_examples=max(20, EXAMPLES // 2))
+def test_limits_checked_while_decoding_refuse_exactly_what_counting_each_event_would(
+        protocol: str, data: st.DataObject) -> None:
+    s = data.draw(limits)
+    codec = Codec(protocol, s)
+    batch = data.draw(st.lists(events_v2 if data.draw(st.booleans()) else events, max_size=8))
+    call = codec.decode(encode_call(protocol, "appendBatch", 1, extended.Flume2, events=batch))
+    assert call.events == [shape(e) for e in batch]
+    assert (None if call.refused is None else call.refused.reason) == reference_refusal(call.events, s)
 
 
 def test_thriftpy2_zero_width_element_bombs_are_refused_at_once() -> None:
