@@ -144,7 +144,7 @@ class Broker:
         self._write_config()
         if not (self.data_dir / "logs" / "meta.properties").exists():
             subprocess.run(
-                self._java(libs, "kafka.tools.StorageTool", "format", "-t", _cluster_id(),
+                self._java(libs, "kafka.tools.StorageTool", "format", f"--cluster-id={_cluster_id()}",
                            "-c", str(self.config_path), "--ignore-formatted"),
                 check=True, stdout=subprocess.DEVNULL,
             )
