@@ -164,23 +164,26 @@ class _Lane:
         else:
             fut.set_result(None)
 
+    async def _send_alone(self, fut: asyncio.Future[Any], recs: list[Record], resent: bool = False) -> None:
+        """Send ``recs`` as a batch of their own; its ack or error settles ``fut`` through :meth:`_acked`."""
+        producer = self.sink.producers[self.producer]
+        generation = self.sink.generations[self.producer]
+        batch = producer.create_batch()
+        for rec in recs:
+            headers = rec.headers if rec.headers.__class__ is list else list(rec.headers)
+            batch.append(key=rec.key, value=rec.value, timestamp=rec.timestamp_ms, headers=headers)
+        kfut = await producer.send_batch(batch, self.topic, partition=self.partition)
+        kfut.add_done_callback(lambda f: self._acked(f, fut, recs, generation, resent))
+
     async def _resend(self, fut: asyncio.Future[Any], recs: list[Record], generation: int,
                       why: BaseException) -> None:
         try:
             await self.sink.replace(self.producer, generation, why)
-            producer = self.sink.producers[self.producer]
-            generation = self.sink.generations[self.producer]
-            batch = producer.create_batch()
-            for rec in recs:
-                headers = rec.headers if rec.headers.__class__ is list else list(rec.headers)
-                batch.append(key=rec.key, value=rec.value, timestamp=rec.timestamp_ms, headers=headers)
-            kfut = await producer.send_batch(batch, self.topic, partition=self.partition)
+            await self._send_alone(fut, recs, resent=True)
         except BaseException as exc:
             _fail(fut, exc)
             if isinstance(exc, asyncio.CancelledError):
                 raise
-            return
-        kfut.add_done_callback(lambda f: self._acked(f, fut, recs, generation, resent=True))
 
     def _unsequence(self, count: int) -> None:
         """Give back the sequence numbers of a batch the broker refused without appending it.
@@ -199,23 +202,27 @@ class _Lane:
         numbers[tp] = max(0, numbers[tp] - count)
 
     async def _split(self, fut: asyncio.Future[Any], recs: list[Record]) -> None:
-        """Send each record of a refused batch alone; resolve ``fut`` with each one's error (or None)."""
-        producer = self.sink.producers[self.producer]
-        kfuts: list[asyncio.Future[Any]] = []
+        """Send each record of a refused batch alone; resolve ``fut`` with each one's error (or None).
+
+        Each single goes through :meth:`_acked` like any batch: a refused one gives its
+        sequence number back (so the singles after it are not answered
+        OutOfOrderSequenceNumber), and one that meets a lost producer state is sent again.
+        """
+        loop = asyncio.get_running_loop()
+        singles = [loop.create_future() for _ in recs]
         try:
-            for rec in recs:
-                batch = producer.create_batch()
-                headers = rec.headers if rec.headers.__class__ is list else list(rec.headers)
-                batch.append(key=rec.key, value=rec.value, timestamp=rec.timestamp_ms, headers=headers)
-                kfuts.append(await producer.send_batch(batch, self.topic, partition=self.partition))
-            results = await asyncio.gather(*kfuts, return_exceptions=True)
+            for rec, single in zip(recs, singles, strict=True):
+                await self._send_alone(single, [rec])
+            await asyncio.wait(singles)
         except BaseException as exc:
             _fail(fut, exc)
+            for single in singles:
+                single.cancel()
             if isinstance(exc, asyncio.CancelledError):
                 raise
             return
         if not fut.done():
-            fut.set_result(tuple(None if not isinstance(r, BaseException) else translate(r) for r in results))
+            fut.set_result(tuple(single.exception() for single in singles))
 
 
 def _fail(fut: asyncio.Future[Any], exc: BaseException) -> None:

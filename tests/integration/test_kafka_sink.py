@@ -6,7 +6,7 @@ import asyncio
 import time
 
 import pytest
-from helpers import read_topic, unique
+from helpers import create_topics, read_topic, unique
 
 from agents.kafka_sink import KafkaSink
 from agents.records import Record
@@ -67,3 +67,32 @@ def test_calls_racing_after_a_producer_died_build_one_producer_keep_their_lane_a
     assert len(partitions) == 1
     seqs = [int(r.value) for r in got]
     assert seqs == sorted(seqs) and len(seqs) == 250  # one key: one partition, in order
+
+
+def test_a_refused_record_in_the_middle_of_a_batch_fails_alone_and_the_records_after_it_land(
+        strict_up: Broker) -> None:
+    """Kafka refuses the whole batch as too large; the sink splits it. The oversize single
+    must give its sequence number back, or every single after it (and every later batch of
+    the partition) is answered OutOfOrderSequenceNumber, which parks Kafka for everyone."""
+    topic = unique("split")
+    create_topics(strict_up.bootstrap, topic, partitions=1, config={"max.message.bytes": "20000"})
+    now = int(time.time() * 1000)
+    small = [Record(topic, None, (), b"s%03d" % i, now) for i in range(10)]
+    big = Record(topic, None, (), b"B" * 60_000, now)
+
+    async def run() -> tuple[list[object], list[str]]:
+        sink = KafkaSink(KafkaSettings(bootstrap_servers=strict_up.bootstrap, request_timeout=Duration(5.0)))
+        await sink.start()
+        try:
+            # one submit: the records share one open batch, big in the middle
+            d = await sink.send_within(small[:5] + [big] + small[5:], 15)
+            later = [await sink.send_within([Record(topic, None, (), b"l%03d" % i, now)], 15) for i in range(3)]
+            return [d.error, [r.value[:1] for r, _ in d.refused], len(d.unacked)], [x.error or "ok" for x in later]
+        finally:
+            await sink.stop()
+
+    (error, refused, unacked), later = asyncio.run(run())
+    assert (error, refused, unacked) == (None, [b"B"], 0)
+    assert later == ["ok"] * 3
+    got = sorted(r.value for r in read_topic(strict_up.bootstrap, topic, 13, settle=1.0))
+    assert got == sorted([r.value for r in small] + [b"l%03d" % i for i in range(3)])
