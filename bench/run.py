@@ -36,9 +36,10 @@ from pathlib import Path
 from typing import Any
 
 from devtools.kafka import KAFKA_VERSION, Broker, fetch
+from devtools import flume
+from devtools.flume import FLUME_VERSION
 
 ROOT = Path(__file__).resolve().parent.parent
-FLUME_VERSION = "1.11.0"
 PY = sys.executable
 
 
@@ -250,23 +251,11 @@ a1.channels.c1.transactionCapacity = 10000"""
 
 
 def flume_libs() -> Path | None:
-    libs = Path(os.environ.get("SPILLWAY_KAFKA_CACHE") or Path.home() / ".cache" / "spillway") / \
-        f"flume-{FLUME_VERSION}" / "libs"
-    if (libs / ".complete").exists():
-        return libs
-    if shutil.which("mvn") is None:
+    try:
+        return flume.fetch()
+    except RuntimeError as exc:
+        print(exc, file=sys.stderr)
         return None
-    tmp = libs.with_name("libs.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    r = subprocess.run(["mvn", "-q", "-B", "-f", str(ROOT / "bench" / "flume-pom.xml"),
-                        "dependency:copy-dependencies", f"-DoutputDirectory={tmp}"], capture_output=True, text=True)
-    if r.returncode != 0:
-        print("flume: could not resolve Apache Flume from Maven Central:", r.stdout[-500:], file=sys.stderr)
-        return None
-    shutil.rmtree(libs, ignore_errors=True)
-    tmp.rename(libs)
-    (libs / ".complete").write_text(FLUME_VERSION)
-    return libs
 
 
 def flume_agent(workdir: Path, bootstrap: str, channel: str, seconds: float,

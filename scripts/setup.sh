@@ -8,6 +8,7 @@ command -v "$PY" >/dev/null || PY=python3
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
 .venv/bin/python -m devtools.kafka fetch >/dev/null
+.venv/bin/python -m devtools.flume fetch >/dev/null   # Flume's own agent and SDK, for the clients in tests
 bash scripts/install-chromium.sh   # Debian's chromium, for the status page test (root: apt-get)
 # FUSE (libfuse3 + fusermount3) for the power-cut filesystem of tests/powercut.py (mfusepy
 # loads libfuse3.so.3 through ctypes); skipped when already there. Needs root (or sudo).
