@@ -125,6 +125,8 @@ class DrainSettings:
     archive_directory: Path = Path("var/archive")
     max_events_per_second: int = 200_000
     batch_events: int = 2_000
+    #: chunks of batch_events in flight at once (and read ahead): progress is fsynced once a window
+    window: int = 8
     timeout: Duration = Duration(30.0)
 
 
@@ -468,6 +470,9 @@ def _validate(s: Settings) -> None:
     _validate_kafka(s.kafka)
     if s.failover.timeout <= 0:
         raise ConfigError("failover.timeout", "must be positive")
+    for key, value in (("drain.batch_events", s.drain.batch_events), ("drain.window", s.drain.window)):
+        if value < 1:
+            raise ConfigError(key, "must be at least 1")
     if s.buffer.max_bytes < s.source.thrift.max_event_bytes:
         raise ConfigError("buffer.max_bytes", "must hold at least one event")
 

@@ -284,3 +284,37 @@ async def test_events_kafka_refuses_for_good_go_to_undeliverable_and_the_drain_g
     assert kept == poison  # topic, key, headers, body, timestamp: all kept for a replay
     assert node.metrics.registry.get_sample_value("spillway_events_undeliverable_total",
                                                   {"reason": "unknown_topic"}) == 2
+
+
+class OneFailedCall(Kafka):
+    """Fails the ``fail``-th call (1-based) once, acknowledges every other, as a window may meet."""
+
+    def __init__(self, fail: int) -> None:
+        super().__init__()
+        self.calls = 0
+        self.fail = fail
+
+    async def send_within(self, recs: Sequence[Record], timeout: float) -> Delivery:  # noqa: ASYNC109
+        self.calls += 1
+        if self.calls == self.fail:
+            return Delivery(list(recs), "NotEnoughReplicasError")
+        return await super().send_within(recs, timeout)
+
+
+@pytest.mark.asyncio
+async def test_a_failed_chunk_inside_a_window_keeps_the_prefix_and_counts_what_goes_twice(
+        make_node: Callable[..., Any]) -> None:
+    """Chunks 1-2 acknowledged, chunk 3 not, chunks 4-5 acknowledged, all in one window: the
+    progress moves to the end of chunk 2 only; chunks 4-5 go again and are counted."""
+    kafka = OneFailedCall(fail=3)
+    node = await make_node(kafka, batch_events=3)
+    assert node.drain.settings.window >= 5
+    recs = records(15)
+    path = await buffered(node, recs)
+    await node.drain.run_once()
+    progress = read_progress(path.parent)
+    assert progress is not None and progress.offset == offsets(path)[6] and progress.inflight_end is None
+    assert node.duplicates() == 6  # chunks 4 and 5 reached Kafka and will be sent again
+    await node.drain_until_empty()
+    assert sorted(bodies(kafka.sent)) == sorted(bodies(recs) + bodies(recs[9:15]))
+    assert len(kafka.sent) - len(recs) == node.duplicates()
