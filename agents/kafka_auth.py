@@ -36,6 +36,9 @@ _TLS_RECORD = 0x15_03
 class KafkaAuthError(kafka_errors.KafkaConnectionError):
     """The broker refuses this client's credentials or certificate (or we refuse the broker's)."""
 
+    def __str__(self) -> str:  # the words only (aiokafka's errors put their class name first)
+        return str(self.args[0]) if self.args else type(self).__name__
+
 
 def sasl_password(settings: KafkaSettings) -> str:
     """The SASL password: ``sasl_password``, else the content of ``sasl_password_file`` (one
@@ -78,8 +81,9 @@ def cause_of(exc: BaseException, settings: KafkaSettings) -> str | None:
     not about them (the broker is down, unreachable, slow...)."""
     cause = exc.__cause__
     if isinstance(exc, kafka_errors.SaslAuthenticationFailed | kafka_errors.IllegalSaslStateError):
+        said = exc.args[0] if exc.args and isinstance(exc.args[0], str) else type(exc).__name__
         return (f"authentication failed: the broker refuses {settings.sasl_mechanism} user "
-                f"{settings.sasl_username!r} (check kafka.sasl_username and the password): {exc}")
+                f"{settings.sasl_username!r} ({said}); check kafka.sasl_username and the password")
     if isinstance(exc, kafka_errors.UnsupportedSaslMechanismError):
         return (f"authentication failed: the broker does not enable SASL mechanism {settings.sasl_mechanism} "
                 "on this listener (check kafka.sasl_mechanism)")
@@ -90,7 +94,8 @@ def cause_of(exc: BaseException, settings: KafkaSettings) -> str | None:
         reason = cause.reason or str(cause)
         if "ALERT" in reason and ("CERTIFICATE" in reason or "UNKNOWN_CA" in reason):
             if not settings.ssl_certfile:
-                return f"certificate not trusted: the broker requires a client certificate (set kafka.ssl_certfile; {reason})"
+                return ("certificate not trusted: the broker requires a client certificate "
+                        f"(set kafka.ssl_certfile; {reason})")
             return (f"certificate not trusted: the broker refuses this client's certificate "
                     f"{settings.ssl_certfile} ({reason})")
         return f"TLS failed: the broker ends the TLS session ({reason})"
@@ -103,7 +108,7 @@ def cause_of(exc: BaseException, settings: KafkaSettings) -> str | None:
     return None
 
 
-async def explain(settings: KafkaSettings, timeout: float) -> KafkaAuthError | None:
+async def explain(settings: KafkaSettings, seconds: float) -> KafkaAuthError | None:
     """Connect once to each bootstrap server with the cluster's security settings; a
     :class:`KafkaAuthError` naming the cause if one of them refuses them, else None."""
     kwargs = kafka_auth(settings)
@@ -112,9 +117,9 @@ async def explain(settings: KafkaSettings, timeout: float) -> KafkaAuthError | N
         if not host or not port.isdigit():
             continue
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(seconds):
                 conn = await create_conn(host.strip("[]"), int(port), client_id=settings.client_id,
-                                         request_timeout_ms=int(timeout * 1000), **kwargs)
+                                         request_timeout_ms=int(seconds * 1000), **kwargs)
         except (kafka_errors.KafkaError, OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
             text = cause_of(exc, settings)
             if text is not None:

@@ -15,6 +15,8 @@ Secured listeners, for tests of TLS and SASL (:class:`Broker`'s ``sasl_ssl_port`
 ``ssl_port``): a ``SASL_SSL`` listener (SCRAM-SHA-512, its users created by
 ``kafka-storage format --add-scram``) and an ``SSL`` listener that requires a client
 certificate (``ssl.client.auth=required``), both beside the ``PLAINTEXT`` one.
+:func:`make_certificates` makes what they need with openssl; :meth:`Broker.tool` runs one
+of Kafka's own tools (``set_scram_password`` is ``kafka-configs --alter --add-config``).
 """
 
 from __future__ import annotations
@@ -205,6 +207,19 @@ class Broker:
                 check=True, stdout=subprocess.DEVNULL,
             )
         return self._java(libs, "kafka.Kafka", str(self.config_path))
+
+    def tool(self, main: str, *args: str, heap: str = "128m") -> subprocess.CompletedProcess[str]:
+        """Run one of Kafka's own command-line tools (its main class, e.g.
+        ``kafka.admin.ConfigCommand``) from the same jars; raises when it exits non-zero."""
+        cmd = ["java", f"-Xmx{heap}", "-cp", f"{fetch()}/*", main, *args]
+        return subprocess.run(cmd, check=True, capture_output=True, text=True)
+
+    def set_scram_password(self, name: str, password: str) -> None:
+        """Create or change a SCRAM-SHA-512 user, as ``kafka-configs --alter --add-config`` does
+        (over the PLAINTEXT listener)."""
+        self.tool("kafka.admin.ConfigCommand", "--bootstrap-server", self.bootstrap, "--alter",
+                  "--add-config", f"SCRAM-SHA-512=[password={password}]", "--entity-type", "users",
+                  "--entity-name", name)
 
     def start(self, timeout: float = 90.0) -> None:
         cmd = self.prepare()
