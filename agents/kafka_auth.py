@@ -101,8 +101,8 @@ def cause_of(exc: BaseException, settings: KafkaSettings) -> str | None:
         return f"TLS failed: the broker ends the TLS session ({reason})"
     if isinstance(exc, ssl.SSLError):
         return f"TLS failed: {exc.reason or exc} (is kafka.security_protocol right for this listener?)"
-    if (isinstance(exc, kafka_errors.KafkaConnectionError) and isinstance(cause, asyncio.IncompleteReadError)
-            and cause.expected >> 16 == _TLS_RECORD and settings.security_protocol in ("PLAINTEXT", "SASL_PLAINTEXT")):
+    plain = settings.security_protocol in ("PLAINTEXT", "SASL_PLAINTEXT")
+    if plain and isinstance(cause, asyncio.IncompleteReadError) and (cause.expected or 0) >> 16 == _TLS_RECORD:
         return (f"TLS expected: the broker answers in TLS, but kafka.security_protocol is "
                 f"{settings.security_protocol} (use SSL or SASL_SSL)")
     return None
