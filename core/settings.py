@@ -13,6 +13,9 @@ Durations take seconds as a number or a string with a unit (``250ms``, ``5s``,
 ``[[interceptors]]`` is an array of tables, each with a ``type`` (Flume's built-ins:
 :data:`INTERCEPTOR_TYPES`) and that type's keys; it is set in the file only (no
 environment override) and its keys are named ``interceptors[<index>].<key>``.
+
+A password (``kafka.sasl_password``) is a :class:`Secret`: ``repr``, ``str`` and
+:meth:`Settings.flat` (check-config) show ``********``, and no error message shows it.
 """
 
 from __future__ import annotations
