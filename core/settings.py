@@ -13,6 +13,9 @@ Durations take seconds as a number or a string with a unit (``250ms``, ``5s``,
 ``[[interceptors]]`` is an array of tables, each with a ``type`` (Flume's built-ins:
 :data:`INTERCEPTOR_TYPES`) and that type's keys; it is set in the file only (no
 environment override) and its keys are named ``interceptors[<index>].<key>``.
+
+A password (``kafka.sasl_password``) is a :class:`Secret`: ``repr``, ``str`` and
+:meth:`Settings.flat` (check-config) show ``********``, and no error message shows it.
 """
 
 from __future__ import annotations
@@ -42,6 +45,41 @@ _UNITS_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _UNITS_B = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
             "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 TOPIC_RE = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
+#: how a secret that is set is shown (check-config, /status, repr, logs)
+REDACTED = "********"
+
+
+class Secret:
+    """A setting never shown in clear: ``repr`` and ``str`` give ``'********'`` (or ``''``
+    when empty), :meth:`reveal` gives the value to whoever needs it (the Kafka client).
+    Immutable and compared by value; not a dataclass, so the loader takes it as one value."""
+
+    __slots__ = ("_value",)
+    _value: str
+
+    def __init__(self, value: str = "") -> None:
+        object.__setattr__(self, "_value", value)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("a Secret is immutable")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __str__(self) -> str:
+        return REDACTED if self._value else ""
+
+    def __repr__(self) -> str:
+        return repr(str(self))
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +96,17 @@ class KafkaSettings:
     compression: Literal["none", "gzip", "lz4", "zstd"] = "none"
     metadata_max_age: Duration = Duration(30.0)
     producers: int = 1
+    #: TLS and SASL to this cluster (agents/kafka_auth.py builds the client's arguments)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    sasl_username: str = ""
+    sasl_password: Secret = Secret()
+    #: a file holding the password (a mounted secret), instead of sasl_password
+    sasl_password_file: str = ""
+    ssl_cafile: str = ""
+    ssl_certfile: str = ""
+    ssl_keyfile: str = ""
+    ssl_check_hostname: bool = True
     secondary: tuple[KafkaSettings, ...] = ()
 
     @property
@@ -245,7 +294,7 @@ class Settings:
                     for i, item in enumerate(value):
                         walk(item, f"{prefix}{f.name}[{i}].")
                 else:
-                    out[f"{prefix}{f.name}"] = value
+                    out[f"{prefix}{f.name}"] = str(value) if isinstance(value, Secret) else value
 
         walk(self, "")
         return out
@@ -286,6 +335,10 @@ def parse_size(value: Any, key: str) -> Size:
 
 
 def _coerce(tp: Any, value: Any, key: str, from_env: bool) -> Any:
+    if tp is Secret:
+        if not isinstance(value, str):
+            raise ConfigError(key, f"expected a string, got a {type(value).__name__} (value not shown: a secret)")
+        return Secret(value)
     if tp is Duration:
         return parse_duration(value, key)
     if tp is Size:
@@ -407,6 +460,69 @@ def _validate_kafka(k: KafkaSettings) -> None:
             raise ConfigError(f"{key}.bootstrap_servers", "must name at least one broker")
         if not 1 <= cluster.producers <= 64:
             raise ConfigError(f"{key}.producers", "must be between 1 and 64")
+        _validate_kafka_security(cluster, key)
+
+
+def _validate_kafka_security(k: KafkaSettings, key: str) -> None:
+    """TLS and SASL of one cluster: what its protocol needs is set, nothing it would ignore is,
+    every file can be read. No message shows a password."""
+    sasl = k.security_protocol in ("SASL_PLAINTEXT", "SASL_SSL")
+    tls = k.security_protocol in ("SSL", "SASL_SSL")
+    if not sasl:
+        for name in ("sasl_username", "sasl_password", "sasl_password_file"):
+            if getattr(k, name):
+                raise ConfigError(f"{key}.{name}", f"is set but {key}.security_protocol is {k.security_protocol} "
+                                  "(no SASL: it would not be used)")
+    if not tls:
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            if getattr(k, name):
+                raise ConfigError(f"{key}.{name}", f"is set but {key}.security_protocol is {k.security_protocol} "
+                                  "(no TLS: it would not be used)")
+    if sasl:
+        if not k.sasl_username:
+            raise ConfigError(f"{key}.sasl_username", f"is required with security_protocol {k.security_protocol}")
+        if k.sasl_password and k.sasl_password_file:
+            raise ConfigError(f"{key}.sasl_password_file", "sasl_password is set too: set one of them")
+        if not k.sasl_password and not k.sasl_password_file:
+            raise ConfigError(f"{key}.sasl_password", f"is required with security_protocol {k.security_protocol} "
+                              "(or sasl_password_file)")
+        if k.sasl_password_file:
+            _readable(f"{key}.sasl_password_file", k.sasl_password_file)
+            try:
+                with open(k.sasl_password_file, encoding="utf-8") as fh:
+                    empty = not fh.read().rstrip("\r\n")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"{key}.sasl_password_file", f"cannot be read: {type(exc).__name__}") from None
+            if empty:
+                raise ConfigError(f"{key}.sasl_password_file", f"{k.sasl_password_file} is empty")
+    if not tls:
+        return
+    if k.ssl_keyfile and not k.ssl_certfile:
+        raise ConfigError(f"{key}.ssl_keyfile", f"is set but {key}.ssl_certfile is not")
+    for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+        if getattr(k, name):
+            _readable(f"{key}.{name}", getattr(k, name))
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if k.ssl_cafile:
+        try:
+            ctx.load_verify_locations(cafile=k.ssl_cafile)
+        except ssl.SSLError as exc:
+            raise ConfigError(f"{key}.ssl_cafile", f"CA certificates do not load: {exc}") from None
+    if k.ssl_certfile:
+        def no_passphrase() -> str:
+            raise ConfigError(f"{key}.ssl_keyfile", "the private key is encrypted: give an unencrypted key")
+
+        try:
+            ctx.load_cert_chain(k.ssl_certfile, k.ssl_keyfile or None, password=no_passphrase)
+        except ssl.SSLError as exc:
+            raise ConfigError(f"{key}.ssl_certfile", f"certificate and key do not load: {exc}") from None
+
+
+def _readable(key: str, path: str) -> None:
+    if not os.path.isfile(path):
+        raise ConfigError(key, f"no such file: {path}")
+    if not os.access(path, os.R_OK):
+        raise ConfigError(key, f"not readable: {path}")
 
 
 def _build_interceptors(value: Any, origin: str, env: Mapping[str, str],
