@@ -10,7 +10,7 @@ import pytest
 
 from agents.kafka_sink import KafkaSink
 from core.errors import ConfigError
-from core.settings import DEFAULT_CONFIG, KafkaSettings, ProducerSettings, Settings, load_settings
+from core.settings import DEFAULT_CONFIG, KafkaSettings, ProducerSettings, Settings, Size, load_settings
 
 
 def load(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> Settings:
@@ -56,8 +56,8 @@ def test_the_shipped_file_sets_the_table_and_none_of_the_old_names() -> None:
 def test_every_table_key_reaches_the_aiokafka_producer(tmp_path: Path) -> None:
     s = load(tmp_path, EVERY_KEY)
     p = s.kafka.producer
-    assert p == ProducerSettings(compression_type="zstd", linger_ms=7, max_batch_size=524288,  # type: ignore[arg-type]
-                                 max_request_size=2000000, request_timeout_ms=4500,  # type: ignore[arg-type]
+    assert p == ProducerSettings(compression_type="zstd", linger_ms=7, max_batch_size=Size(524288),
+                                 max_request_size=Size(2000000), request_timeout_ms=4500,
                                  metadata_max_age_ms=60000, retry_backoff_ms=250, connections_max_idle_ms=0)
 
     async def build() -> dict[str, object]:
