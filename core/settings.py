@@ -63,7 +63,7 @@ class ProducerSettings:
     """``[kafka.producer]``: further settings of a cluster's aiokafka producers, by aiokafka's
     names (Flume's ``kafka.producer.*`` with ``_`` for ``.``: ``linger.ms`` is ``linger_ms``).
 
-    ``acks`` is always all and idempotence always on (the promise: :data:`PRODUCER_REFUSED`);
+    ``acks`` is always all and idempotence always on (the promise: :func:`_refuse_producer_key`);
     the connection and security settings are flat ``kafka.*`` keys, shared with the drain,
     the probes and ``spillway replay``."""
 
@@ -538,7 +538,8 @@ def _refuse_producer_key(name: str, value: Any, key: str, cluster: str, from_env
     if "kerberos" in name or "oauth" in name:
         raise ConfigError(key, f"not supported: {flat('sasl_mechanism')} is PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")
     if name == "security_protocol" or name.startswith(("ssl_", "sasl_")):
-        raise ConfigError(key, f"is a security setting, not a producer one: set {flat(_SECURITY_NAMES.get(name, name))}")
+        target = flat(_SECURITY_NAMES.get(name, name))
+        raise ConfigError(key, f"is a security setting, not a producer one: set {target}")
     if name in PRODUCER_REFUSED:
         raise ConfigError(key, PRODUCER_REFUSED[name])
     return False

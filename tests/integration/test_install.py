@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers import TcpProxy, free_port, read_topic, unique, wait_until
 
 from devtools.kafka import Broker
-from helpers import TcpProxy, free_port, read_topic, unique, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 PACKAGES = ("core", "agents", "topology", "devtools")
@@ -88,7 +88,7 @@ def test_the_wheel_holds_every_module_and_data_file_of_the_packages(installed: I
 
 
 def test_installed_packages_import_from_the_venv_not_the_checkout(installed: Install, empty: Path) -> None:
-    code = "import sys, core, agents, topology, devtools; print(*(m.__file__ for m in (core, agents, topology, devtools)))"
+    code = "import core, agents, topology, devtools; print(*(m.__file__ for m in (core, agents, topology, devtools)))"
     out = subprocess.run([str(installed.venv / "bin" / "python"), "-c", code], cwd=empty, env=installed.env(),
                          capture_output=True, text=True, check=True).stdout.split()
     assert out == [str(installed.site / pkg / "__init__.py") for pkg in PACKAGES]
@@ -145,7 +145,8 @@ def test_a_foreign_agents_package_on_the_path_does_not_shadow_spillways(installe
 
 
 @pytest.fixture
-def installed_worker(installed: Install, empty: Path, kafka_up: Broker) -> Iterator[tuple[Install, Path, dict[str, str]]]:
+def installed_worker(installed: Install, empty: Path,
+                     kafka_up: Broker) -> Iterator[tuple[Install, Path, dict[str, str]]]:
     assert installed.run("init", cwd=empty).returncode == 0
     env = {"SPILLWAY_KAFKA_BOOTSTRAP_SERVERS": kafka_up.bootstrap, "SPILLWAY_SOURCE_THRIFT_HOST": "127.0.0.1",
            "SPILLWAY_SOURCE_THRIFT_PORT": str(free_port()), "SPILLWAY_WEB_PORT": str(free_port()),

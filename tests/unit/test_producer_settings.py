@@ -111,7 +111,8 @@ def test_the_old_names_still_read_in_their_units() -> None:
 def test_setting_a_value_by_both_names_names_both(tmp_path: Path) -> None:
     msg = refused(tmp_path, '[kafka]\nlinger = "5ms"\n[kafka.producer]\nlinger_ms = 5\n')
     assert msg == "kafka.linger: and kafka.producer.linger_ms are one setting: set kafka.producer.linger_ms only"
-    msg = refused(tmp_path, "", {"SPILLWAY_KAFKA_REQUEST_TIMEOUT": "3s", "SPILLWAY_KAFKA_PRODUCER_REQUEST_TIMEOUT_MS": "3000"})
+    msg = refused(tmp_path, "", {"SPILLWAY_KAFKA_REQUEST_TIMEOUT": "3s",
+                                 "SPILLWAY_KAFKA_PRODUCER_REQUEST_TIMEOUT_MS": "3000"})
     assert msg.startswith("SPILLWAY_KAFKA_REQUEST_TIMEOUT: and SPILLWAY_KAFKA_PRODUCER_REQUEST_TIMEOUT_MS are one")
 
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import click
 from faust.cli import argument, option
 
+from core.settings import DEFAULT_CONFIG, LOCAL_CONFIG
 from topology.app import app
 from topology.commands.base import SpillwayCommand
 from topology.commands.core import EXIT_OK, CommandError
-from core.settings import DEFAULT_CONFIG, LOCAL_CONFIG
 
 
 def write_config(target: Path, force: bool) -> None:
