@@ -279,21 +279,21 @@ class KafkaSink:
 
     def _build(self) -> AIOKafkaProducer:
         s = self.settings
-        timeout_ms = int(s.request_timeout * 1000)
+        p = s.producer
         self.producers_built += 1
         return AIOKafkaProducer(
             bootstrap_servers=s.bootstrap_servers,
             client_id=s.client_id,
             acks="all",
             enable_idempotence=True,
-            request_timeout_ms=timeout_ms,
-            retry_backoff_ms=100,
-            linger_ms=int(s.linger * 1000),
-            max_batch_size=s.max_batch_bytes,
-            max_request_size=max(s.max_batch_bytes + 4096, 1_048_576),
-            compression_type=None if s.compression == "none" else s.compression,
-            metadata_max_age_ms=int(s.metadata_max_age * 1000),
-            connections_max_idle_ms=540_000,
+            request_timeout_ms=p.request_timeout_ms,
+            retry_backoff_ms=p.retry_backoff_ms,
+            linger_ms=p.linger_ms,
+            max_batch_size=p.max_batch_size,
+            max_request_size=p.request_size(),
+            compression_type=None if p.compression_type == "none" else p.compression_type,
+            metadata_max_age_ms=p.metadata_max_age_ms,
+            connections_max_idle_ms=p.connections_max_idle_ms or None,
             **kafka_auth(s),
         )
 
