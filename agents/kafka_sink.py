@@ -116,6 +116,7 @@ class _Lane:
                 if self.queue:
                     batch, fut, recs = self.queue.popleft()
                 elif self.open is not None:
+                    assert self.open_fut is not None
                     batch, fut, recs = self.open, self.open_fut, self.open_recs
                     self.open, self.open_fut, self.open_recs = None, None, []
                 else:
@@ -312,7 +313,7 @@ class KafkaSink:
         try:
             await asyncio.wait_for(asyncio.gather(*(self._start_producer(p) for p in self.producers)),
                                    self.settings.request_timeout)
-        except (KafkaError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, KafkaError, OSError) as exc:
             logger.warning("kafka sink: Kafka at %s is not reachable at start (%s)",
                            self.settings.bootstrap_servers, exc or type(exc).__name__)
 
@@ -327,7 +328,7 @@ class KafkaSink:
         for producer in self.producers:
             try:
                 await asyncio.wait_for(producer.stop(), self.settings.request_timeout)
-            except (KafkaError, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, KafkaError, OSError) as exc:
                 logger.warning("kafka sink: producer did not close cleanly: %r", exc)
 
     async def _ensure_bootstrapped(self) -> None:
@@ -465,7 +466,8 @@ class KafkaSink:
             futures_of[tp] = futs
         return list(records), [futures_of[tp].pop() for tp in lane_of], refused
 
-    async def send_within(self, records: Sequence[Record], timeout: float, *, whole: bool = False) -> Delivery:
+    async def send_within(self, records: Sequence[Record],
+                          timeout: float, *, whole: bool = False) -> Delivery:  # noqa: ASYNC109
         """Send and wait at most ``timeout`` seconds for Kafka's acks.
 
         ``whole`` (a client's call, answered as one): a record Kafka refuses for good ends
@@ -490,17 +492,17 @@ class KafkaSink:
             if fut in pending:
                 delivery.unacked.append(rec)
                 continue
-            exc = fut.exception()
-            if exc is None:
+            err = fut.exception()
+            if err is None:
                 outcome = fut.result()
-                if outcome is None or (exc := outcome[index]) is None:
+                if outcome is None or (err := outcome[index]) is None:
                     continue
-            if isinstance(exc, SinkRefused):
-                delivery.refused.append((rec, exc))
+            if isinstance(err, SinkRefused):
+                delivery.refused.append((rec, err))
             else:
                 delivery.unacked.append(rec)
                 if delivery.error is None:
-                    delivery.error = repr(exc)
+                    delivery.error = repr(err)
         if pending:
             if delivery.error is None:
                 delivery.error = f"no ack within {timeout:g}s"
@@ -517,7 +519,7 @@ class KafkaSink:
         if not fut.cancelled() and fut.exception() is None and self.on_late_ack is not None:
             self.on_late_ack(n)
 
-    async def probe(self, timeout: float) -> bool:
+    async def probe(self, timeout: float) -> bool:  # noqa: ASYNC109
         """An active check: does Kafka answer a metadata request now?"""
         try:
             async with asyncio.timeout(timeout):

@@ -37,9 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from devtools.kafka import KAFKA_VERSION, Broker, fetch
 from devtools import flume
 from devtools.flume import FLUME_VERSION
+from devtools.kafka import KAFKA_VERSION, Broker, fetch
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -352,7 +352,8 @@ def drain_alone_scenario(work: Path, bootstrap: str, args: argparse.Namespace, b
         drained = end["drain"]["drained_total"] - start["drain"]["drained_total"]
         return {"backlog_events": start["buffer"]["events"], "drained": drained,
                 "events_per_second": round(drained / elapsed), "seconds": round(elapsed, 1),
-                "server_cpu_percent": round(100 * cpu / elapsed), "cpu_us_per_event": round(1e6 * cpu / max(1, drained), 1),
+                "server_cpu_percent": round(100 * cpu / elapsed),
+                "cpu_us_per_event": round(1e6 * cpu / max(1, drained), 1),
                 "duplicates": end["counters"]["duplicates"]}
     finally:
         up.stop()
@@ -475,7 +476,8 @@ def report(results: dict[str, Any], write: bool) -> None:
     ]
     down = results.get("kafka_down")
     if down and down.get("disk_bytes_per_event"):
-        lines += ["", f"Disk buffer: {down['disk_bytes_per_event']} bytes on disk per {results['args']['size']} B event "
+        size = results['args']['size']
+        lines += ["", f"Disk buffer: {down['disk_bytes_per_event']} bytes on disk per {size} B event "
                   "(body, topic, key, headers, receive time, framing and CRC)."]
     a = results.get("drain_alone")
     if a:

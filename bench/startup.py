@@ -39,7 +39,7 @@ async def _one_segment(directory: Path) -> Path:
     await buf.start()
     now = int(time.time() * 1000)
     body = b"x" * 512
-    batch = [Record("t%d" % (i % 3), b"key-%d" % i, [("topic", b"t%d" % (i % 3)), ("seq", b"%d" % i)], body, now)
+    batch = [Record(f"t{i % 3}", b"key-%d" % i, [("topic", b"t%d" % (i % 3)), ("seq", b"%d" % i)], body, now)
              for i in range(2000)]
     while len(list(directory.glob("*.seg"))) < 2:  # until the first segment is full and a second opened
         await buf.append(batch)

@@ -347,7 +347,7 @@ async def serves_metadata(bootstrap: str) -> bool:
     try:
         await asyncio.wait_for(client.bootstrap(), 5)
         return bool(client.cluster.brokers())
-    except (KafkaError, OSError, asyncio.TimeoutError):
+    except (TimeoutError, KafkaError, OSError):
         return False
     finally:
         await client.close()
@@ -385,7 +385,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"kafka: already running (pid {pidfile.read_text()})")
             return 0
         broker.start()
-        print(f"kafka: serving on {broker.bootstrap} (pid {broker.proc.pid if broker.proc else '?'}, log {broker.log_path})")
+        pid = broker.proc.pid if broker.proc else "?"
+        print(f"kafka: serving on {broker.bootstrap} (pid {pid}, log {broker.log_path})")
     elif args.command == "stop":
         if not pidfile.exists():
             return 0

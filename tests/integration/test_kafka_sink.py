@@ -10,8 +10,8 @@ from helpers import create_topics, read_topic, unique
 
 from agents.kafka_sink import KafkaSink
 from agents.records import Record
-from devtools.kafka import Broker
 from core.settings import KafkaSettings
+from devtools.kafka import Broker
 
 pytestmark = pytest.mark.kafka
 

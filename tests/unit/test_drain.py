@@ -6,7 +6,6 @@ the buffer and Kafka (issue 9): it fails on the code before its fix.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
@@ -23,7 +22,7 @@ from agents.records import Delivery, Record
 from agents.segments import iter_records
 from core.errors import SinkRefused
 from core.metrics import Metrics
-from core.settings import Duration, DrainSettings
+from core.settings import DrainSettings, Duration
 
 MiB = 1024 * 1024
 NOW_MS = int(time.time() * 1000)  # recent: older than drain.max_age would be archived, not sent
@@ -193,7 +192,7 @@ async def test_closed_segment_cut_short_is_recovered_with_its_tail_kept_aside(
     recs = records(4)
     path = await buffered(node, recs)
     cut = path.stat().st_size - 7
-    with open(path, "r+b") as f:  # damage: the last frame loses its end
+    with path.open("r+b") as f:  # damage: the last frame loses its end
         tail = f.read()[offsets(path)[3]:cut]
         f.truncate(cut)
     await node.drain_until_empty()
