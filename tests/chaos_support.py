@@ -199,6 +199,7 @@ class ChaosLoad:
         try:
             if own:
                 conn = client(self.port, timeout_ms=self.timeout_ms)
+            assert conn is not None
             status = conn.appendBatch(events)
         except Exception:
             status = None
@@ -556,7 +557,7 @@ def audit(load: ChaosLoad, bootstrap: str, topics: list[str], undeliverable_dirs
 # -- figures ---------------------------------------------------------------------------
 
 
-def p50_max(values: list[float]) -> dict[str, float | None]:
+def p50_max(values: list[float | None]) -> dict[str, float | None]:
     vals = [v for v in values if v is not None]
     if not vals:
         return {"p50": None, "max": None}

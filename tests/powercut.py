@@ -456,7 +456,7 @@ def _make_ops(backing: str) -> Any:
 
         def _bpath(self, node: _Node) -> str | None:
             """Where ``node`` is in ``backing``; None when it is not durably reachable."""
-            parts = []
+            parts: list[str] = []
             seen: set[int] = set()
             while node is not self.root:
                 staged = self._staging.get(id(node))
@@ -491,7 +491,7 @@ def _make_ops(backing: str) -> Any:
         def _to_memory(self, node: _Node, path: str, needed: bool) -> None:
             """``node`` (at ``path`` in backing) is about to leave backing: keep in memory the
             durable content of every file in its durable subtree that may still be needed."""
-            if node.is_dir:
+            if isinstance(node, _Dir):
                 for name, child in node.dur.items():
                     self._to_memory(child, os.path.join(path, name), needed or self._alive(child))
             elif needed and node.dmem is None:
@@ -500,7 +500,7 @@ def _make_ops(backing: str) -> Any:
         def _materialize(self, node: _Node, path: str) -> None:
             """Write ``node`` and its durable subtree (held in memory) into backing at ``path``."""
             _remove_backing(path)
-            if node.is_dir:
+            if isinstance(node, _Dir):
                 os.mkdir(path, node.mode)
                 os.chmod(path, node.mode)
                 for name, child in node.dur.items():

@@ -607,6 +607,6 @@ def test_random_nested_namespace_survives_unmount_and_cut(pcfs: PowerCutFS, monk
             pcfs.mount()
             after = tree(m)
             assert not [p for p in after if STAGE_PREFIX in p]
-            for p, data in after.items():
-                assert data is None or data in durable_versions, f"{p} holds bytes never fsynced"
+            for p, got in after.items():
+                assert got is None or got in durable_versions, f"{p} holds bytes never fsynced"
             assert tree(pcfs.backing) == after

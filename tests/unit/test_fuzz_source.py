@@ -41,7 +41,7 @@ settings.load_profile(os.environ.get("SPILLWAY_HYPOTHESIS_PROFILE", "spillway"))
 EXAMPLES = settings().max_examples
 
 PROTOCOLS = ["compact", "binary"]
-FACTORIES = {"compact": TCompactProtocolFactory(), "binary": TBinaryProtocolFactory()}
+FACTORIES: dict[str, Any] = {"compact": TCompactProtocolFactory(), "binary": TBinaryProtocolFactory()}
 
 # The same calls with extra fields a newer client might send: the decoder must skip them.
 extended = thriftpy2.load_fp(io.StringIO("""

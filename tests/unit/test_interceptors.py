@@ -18,6 +18,7 @@ from core.errors import ConfigError
 from core.settings import (
     BufferSettings,
     HostInterceptorSettings,
+    InterceptorSettings,
     RegexFilterInterceptorSettings,
     RemoveHeaderInterceptorSettings,
     RouterSettings,
@@ -187,7 +188,8 @@ def test_a_filter_counts_nothing_when_it_keeps_every_event() -> None:
 
 
 def test_interceptors_apply_in_order_each_seeing_what_the_previous_one_set() -> None:
-    a = [StaticInterceptorSettings(key="topic", value="stamped"), RemoveHeaderInterceptorSettings(name="topic")]
+    a: list[InterceptorSettings] = [StaticInterceptorSettings(key="topic", value="stamped"),
+                                    RemoveHeaderInterceptorSettings(name="topic")]
     [e] = Chain(a).apply([ev(x="1")], 1)
     assert e[0] == [("x", b"1")]  # set, then removed
     [e] = Chain(list(reversed(a))).apply([ev(x="1", topic="client")], 1)

@@ -83,4 +83,4 @@ def test_durations_and_sizes_take_units() -> None:
 def test_settings_are_frozen() -> None:
     s = Settings()
     with pytest.raises(AttributeError):
-        s.web = None  # type: ignore[misc]
+        s.web = None  # type: ignore[misc,assignment]

@@ -70,7 +70,8 @@ class Node:
 
         self.supervisor = Supervisor(FailoverSettings(timeout=Duration(1.0)), self.sinks, self.metrics, report)
         self.buffer = DiskBuffer(tmp_path / "buffer", max_bytes=1 << 26)
-        self.stages = [KafkaStage(i, s, self.supervisor, self.metrics, 1.0) for i, s in enumerate(self.sinks)]
+        self.stages = [KafkaStage(i, s, self.supervisor, self.metrics, 1.0)  # type: ignore[arg-type]
+                       for i, s in enumerate(self.sinks)]
         self.spill_stage = SpillStage(self.buffer, self.metrics)
         channels = [Channel() for _ in self.sinks]
         for channel, stage in zip(channels, self.stages, strict=True):

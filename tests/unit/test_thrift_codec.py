@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import struct
 import tracemalloc
+from typing import Any
 
 import pytest
 from thriftpy2.protocol import TBinaryProtocolFactory, TCompactProtocolFactory
@@ -16,7 +17,7 @@ from core.errors import FrameError
 from core.settings import Size, ThriftSettings
 
 PROTOCOLS = ["compact", "binary"]
-FACTORIES = {"compact": TCompactProtocolFactory(), "binary": TBinaryProtocolFactory()}
+FACTORIES: dict[str, Any] = {"compact": TCompactProtocolFactory(), "binary": TBinaryProtocolFactory()}
 
 
 def encode_call(protocol: str, name: str, seqid: int, **args: object) -> bytes:
