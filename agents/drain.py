@@ -258,15 +258,18 @@ async def drain_segment(path: Path, sender: Sender, *, start: int = HEADER_LEN, 
     def take() -> list[tuple[int, int, list[Record]]]:
         return list(itertools.islice(chunks, max(1, window)))
 
-    ahead: asyncio.Future[list[tuple[int, int, list[Record]]]] = asyncio.ensure_future(asyncio.to_thread(take))
+    if deadline is not None and time.monotonic() > deadline:
+        return SegmentResult(sent, archived, skipped, False)
+    ahead: asyncio.Future[list[tuple[int, int, list[Record]]]] | None = asyncio.ensure_future(
+        asyncio.to_thread(take))
     while True:
-        if deadline is not None and time.monotonic() > deadline:
-            ahead.add_done_callback(_settled)
+        if ahead is None:  # out of time: no window was read ahead for nothing
             return SegmentResult(sent, archived, skipped, False)
         items = await ahead
         if not items:
             return SegmentResult(sent, archived, skipped, True, refused=refused)
-        ahead = asyncio.ensure_future(asyncio.to_thread(take))
+        last = deadline is not None and time.monotonic() > deadline
+        ahead = None if last else asyncio.ensure_future(asyncio.to_thread(take))
         first, window_end = items[0][0], items[-1][1]
         old: list[Record] = []
         batches: list[tuple[int, list[Record]]] = []  # (end offset, records to send) per chunk
@@ -305,7 +308,8 @@ async def drain_segment(path: Path, sender: Sender, *, start: int = HEADER_LEN, 
                 acked = len(records) - len(delivery.unacked) - len(delivery.refused)
                 if prefix_end is not None and on_chunk is not None:
                     await asyncio.to_thread(on_chunk, prefix_end, sent, archived, refused)
-                ahead.add_done_callback(_settled)
+                if ahead is not None:
+                    ahead.add_done_callback(_settled)
                 return SegmentResult(sent + acked + again, archived, skipped, False, delivery.error, refused)
             if delivery.refused and on_refused is not None:
                 await asyncio.to_thread(on_refused, delivery.refused)
@@ -335,6 +339,8 @@ class Drain:
         self.undeliverable_total = 0  # events set aside since start
         self._checked_crash = False
         self._throttled = Throttled(logger)
+        #: False once the node stops taking events: the drain ends its round and returns
+        self.running: Callable[[], bool] = lambda: True
 
     @property
     def directory(self) -> Path:
@@ -353,21 +359,27 @@ class Drain:
 
     async def _run_once(self) -> int:
         async with self._lock:
-            await self.buffer.roll_if_due()
-            if not self.supervisor.kafka_usable:
-                return 0
-            await self.buffer.roll()
             total = 0
-            # Work for about one timer interval, then let the timer call again: progress is durable.
-            deadline = time.monotonic() + max(0.2, self.settings.interval * 0.8)
-            for path in self.buffer.closed_segments():
-                if not self.supervisor.kafka_usable:
-                    break
-                result = await self._drain(path, deadline)
-                total += result.sent
-                if not result.complete:
-                    break
-            return total
+            while True:
+                await self.buffer.roll_if_due()
+                if not self.supervisor.kafka_usable or not self.running():
+                    return total
+                await self.buffer.roll()
+                # A round of about one timer interval (progress is durable at its end), then the
+                # next round at once while there is work: the timer sleeps a whole interval after
+                # each call, so returning to it after every round would idle half the time.
+                deadline = time.monotonic() + max(0.2, self.settings.interval * 0.8)
+                out_of_time = False
+                for path in self.buffer.closed_segments():
+                    if not self.supervisor.kafka_usable:
+                        return total
+                    result = await self._drain(path, deadline)
+                    total += result.sent
+                    if not result.complete:
+                        out_of_time = result.error is None and time.monotonic() > deadline
+                        break
+                if not out_of_time:
+                    return total
 
     @property
     def undeliverable_dir(self) -> Path:

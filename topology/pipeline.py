@@ -70,6 +70,7 @@ class Pipeline(Service):
                              for i, sink in enumerate(self.sinks)]
         self.spill = SpillStage(self.buffer, m)
         self.drain = Drain(settings.drain, self.buffer, DrainSender(self.supervisor), self.supervisor, m)
+        self.drain.running = lambda: self.source.listening  # ends its round when the node stops
         self.source = ThriftSource(settings.source.thrift, self.handle, m)
         self.started_at = time.time()
         self._calls: set[asyncio.Future[int]] = set()  # replies not yet given: calls in flight
