@@ -341,6 +341,10 @@ class Drain:
         self._throttled = Throttled(logger)
         #: False once the node stops taking events: the drain ends its round and returns
         self.running: Callable[[], bool] = lambda: True
+        #: events of live calls taken so far (the node's count): the drain shares Kafka with them
+        self.live_events: Callable[[], int] = lambda: 0
+        self._live_mark = (time.monotonic(), 0)
+        self._shared = RateLimiter(0)
 
     @property
     def directory(self) -> Path:
@@ -369,17 +373,33 @@ class Drain:
                 # next round at once while there is work: the timer sleeps a whole interval after
                 # each call, so returning to it after every round would idle half the time.
                 deadline = time.monotonic() + max(0.2, self.settings.interval * 0.8)
+                window, limiter = self._share()
                 out_of_time = False
                 for path in self.buffer.closed_segments():
                     if not self.supervisor.kafka_usable:
                         return total
-                    result = await self._drain(path, deadline)
+                    result = await self._drain(path, deadline, window, limiter)
                     total += result.sent
                     if not result.complete:
                         out_of_time = result.error is None and time.monotonic() > deadline
                         break
                 if not out_of_time:
                     return total
+
+    def _share(self) -> tuple[int, RateLimiter]:
+        """The window and the rate of the next round. With no live calls since the last round:
+        the whole ``drain.window`` at ``drain.max_events_per_second``. With live calls flowing,
+        one chunk at a time (live records do not queue behind a window in the partitions'
+        lanes) at about ``drain.live_share`` times the live rate (at least 1,000 events/s)."""
+        now, seen = time.monotonic(), self.live_events()
+        then, before = self._live_mark
+        self._live_mark = (now, seen)
+        live_rate = (seen - before) / max(now - then, 1e-3)
+        if live_rate < 1.0 or self.settings.live_share <= 0:
+            return self.settings.window, self.limiter
+        rate = max(live_rate * self.settings.live_share, 1000.0)
+        self._shared.rate = min(rate, self.limiter.rate) if self.limiter.rate > 0 else rate
+        return 1, self._shared
 
     @property
     def undeliverable_dir(self) -> Path:
@@ -429,7 +449,8 @@ class Drain:
                                 n, topic, why, target, target)
         self.undeliverable_total += len(refused)
 
-    async def _drain(self, path: Path, deadline: float | None = None) -> SegmentResult:
+    async def _drain(self, path: Path, deadline: float | None = None, window: int | None = None,
+                     limiter: RateLimiter | None = None) -> SegmentResult:
         size = self.buffer.segment_size(path)
         progress = await asyncio.to_thread(read_progress, self.directory)
         start, gone_before = self._start_of(path, size, progress)
@@ -464,8 +485,8 @@ class Drain:
                     return SegmentResult(0, 0, 0, False, "locked")
                 result = await drain_segment(
                     path, self.sink, start=start, end=size, batch_events=self.settings.batch_events,
-                    window=self.settings.window,
-                    timeout=self.timeout, limiter=self.limiter,
+                    window=window or self.settings.window,
+                    timeout=self.timeout, limiter=limiter or self.limiter,
                     archive_before_ms=int(time.time() * 1000) - max_age_ms,
                     archive_dir=self.settings.archive_directory, before_chunk=before, on_chunk=counted,
                     on_refused=lambda refused: self._set_aside(path, refused), deadline=deadline)

@@ -18,6 +18,7 @@ import socket
 import struct
 import sys
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -103,14 +104,27 @@ def _worker(args: argparse.Namespace, index: int, queue: Any) -> None:
     started: dict[socket.socket, float] = {}
     turn = 0
     end = time.monotonic() + args.seconds
+    # --rate: calls paced to that many events/s over all processes (open loop up to the
+    # connections' concurrency); 0: each connection sends its next call at once (closed loop)
+    gap = args.batch * args.processes / args.rate if args.rate else 0.0
+    next_send = time.monotonic()
+    ready: deque[socket.socket] = deque()
     for s in socks:
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        s.sendall(frames[turn % len(frames)])
-        turn += 1
-        started[s] = time.monotonic()
         sel.register(s, selectors.EVENT_READ)
-    while started:
-        for key, _ in sel.select(timeout=30):
+        ready.append(s)
+    while True:
+        now = time.monotonic()
+        while ready and now >= next_send and now < end:
+            s = ready.popleft()
+            s.sendall(frames[turn % len(frames)])
+            turn += 1
+            started[s] = now
+            next_send = max(next_send + gap, now - 1.0) if gap else now
+        if not started and (not ready or now >= end):
+            break
+        timeout = 30.0 if not ready or now >= end else max(0.0, next_send - now)
+        for key, _ in sel.select(timeout=timeout):
             s = key.fileobj  # type: ignore[assignment]
             head = _recv_exact(s, 4)  # type: ignore[arg-type]
             reply = _recv_exact(s, struct.unpack("!i", head)[0])  # type: ignore[arg-type]
@@ -120,13 +134,9 @@ def _worker(args: argparse.Namespace, index: int, queue: Any) -> None:
             statuses[st] = statuses.get(st, 0) + 1
             if st == 0:
                 events_ok += args.batch
-            if now < end:
-                s.sendall(frames[turn % len(frames)])  # type: ignore[attr-defined]
-                turn += 1
-                started[s] = time.monotonic()  # type: ignore[index]
-            else:
-                sel.unregister(s)
-                s.close()  # type: ignore[attr-defined]
+            ready.append(s)  # type: ignore[arg-type]
+    for s in socks:
+        s.close()
     queue.put({"latencies": latencies, "statuses": statuses, "events_ok": events_ok})
 
 
@@ -173,6 +183,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--topics", default="bench-a,bench-b,bench-c")
     ap.add_argument("--protocol", choices=["compact", "binary"], default="compact")
+    ap.add_argument("--rate", type=float, default=0.0, help="events/s over all processes (0: as fast as answered)")
     return ap
 
 

@@ -153,11 +153,14 @@ class Spillway:
 
 # -- load --------------------------------------------------------------------------------------------
 
-def load(port: int, seconds: float, args: argparse.Namespace, watch: int | None = None) -> dict[str, Any]:
-    """Run the load generator against ``port``; sample ``watch`` (a pid) for CPU and RSS."""
+def load(port: int, seconds: float, args: argparse.Namespace, watch: int | None = None,
+         rate: float = 0.0) -> dict[str, Any]:
+    """Run the load generator against ``port`` (``rate`` events/s, 0: flat out); sample
+    ``watch`` (a pid) for CPU and RSS."""
     cmd = [PY, "-m", "bench.loadgen", "--port", str(port), "--seconds", str(seconds),
            "--processes", str(args.processes), "--connections", str(args.connections),
-           "--batch", str(args.batch), "--size", str(args.size), "--protocol", args.protocol]
+           "--batch", str(args.batch), "--size", str(args.size), "--protocol", args.protocol,
+           "--rate", str(rate)]
     cpu0 = _cpu_seconds(watch) if watch else 0.0
     t0 = time.monotonic()
     peak = 0.0
@@ -291,8 +294,10 @@ def flume_agent(workdir: Path, bootstrap: str, channel: str, seconds: float,
 
 # -- scenarios ---------------------------------------------------------------------------------------
 
-def drain_scenario(work: Path, bootstrap: str, args: argparse.Namespace, backlog: int) -> dict[str, Any]:
-    """Fill the buffer with ``backlog`` events (Kafka unreachable), then drain it with live load on."""
+def drain_scenario(work: Path, bootstrap: str, args: argparse.Namespace, backlog: int,
+                   live_rate: float = 0.0) -> dict[str, Any]:
+    """Fill the buffer with ``backlog`` events (Kafka unreachable), then drain it with live load
+    on, at ``live_rate`` events/s (half the healthy capacity; 0: flat out)."""
     down = Spillway(work / "drain", f"127.0.0.1:{free_port()}").start()
     try:
         t0 = time.monotonic()
@@ -307,7 +312,7 @@ def drain_scenario(work: Path, bootstrap: str, args: argparse.Namespace, backlog
         st = up.status()
         start_events = st["buffer"]["events"]
         t0 = time.monotonic()
-        live = load(up.thrift_port, args.seconds, args, watch=up.proc.pid if up.proc else None)
+        live = load(up.thrift_port, args.seconds, args, watch=up.proc.pid if up.proc else None, rate=live_rate)
         mid = up.status()
         drained_live = mid["drain"]["drained_total"]
         live_elapsed = time.monotonic() - t0
@@ -318,7 +323,7 @@ def drain_scenario(work: Path, bootstrap: str, args: argparse.Namespace, backlog
         return {"backlog_events": start_events,
                 "drain_events_per_second_with_live_load": round(drained_live / live_elapsed),
                 "drain_events_per_second_overall": round(end["drain"]["drained_total"] / total),
-                "live": live, "drain_seconds": round(total, 1),
+                "live": live, "live_rate_asked": round(live_rate), "drain_seconds": round(total, 1),
                 "duplicates": end["counters"]["duplicates"]}
     finally:
         up.stop()
@@ -418,7 +423,8 @@ def main(argv: list[str] | None = None) -> int:
         if want("drain_alone"):
             results["drain_alone"] = drain_alone_scenario(work, broker.bootstrap, args, args.backlog)
         if want("drain"):
-            results["drain"] = drain_scenario(work, broker.bootstrap, args, args.backlog)
+            half = results.get("healthy", {}).get("events_per_second", 0) / 2
+            results["drain"] = drain_scenario(work, broker.bootstrap, args, args.backlog, live_rate=half)
         if args.long and want("long"):
             w = Spillway(work / "long", broker.bootstrap).start()
             try:
@@ -490,9 +496,11 @@ def report(results: dict[str, Any], write: bool) -> None:
     d = results.get("drain")
     if d:
         live = d["live"]["events_per_second"]
+        asked = f" (asked: {d['live_rate_asked']:,}/s, half the healthy capacity)" if d.get("live_rate_asked") else ""
         lines += ["", f"Drain of {d['backlog_events']:,} buffered events with live load on: "
                   f"{d['drain_events_per_second_with_live_load']:,} events/s drained while live load ran at "
-                  f"{live:,} events/s (drain/live {d['drain_events_per_second_with_live_load'] / max(live, 1):.2f}x); "
+                  f"{live:,} events/s{asked}, live p99 {d['live'].get('latency_ms', {}).get('p99', '-')} ms "
+                  f"(drain/live {d['drain_events_per_second_with_live_load'] / max(live, 1):.2f}x); "
                   f"whole backlog in {d['drain_seconds']} s; duplicates {d['duplicates']}."]
     if results.get("long"):
         lines += ["", "Long run (30 s samples): " + ", ".join(

@@ -251,6 +251,9 @@ class DrainSettings:
     batch_events: int = 2_000
     #: chunks of batch_events in flight at once (and read ahead): progress is fsynced once a window
     window: int = 8
+    #: with live calls flowing, the drain sends about this many events per live event (one
+    #: chunk at a time); 0: no sharing, the drain runs as if there were no live traffic
+    live_share: float = 1.0
     timeout: Duration = Duration(30.0)
 
 
@@ -443,6 +446,15 @@ def _coerce(tp: Any, value: Any, key: str, from_env: bool) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(key, f"expected an integer, got {value!r}")
         return value
+    if tp is float:
+        if from_env and isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(key, f"expected a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(key, f"expected a number, got {value!r}")
+        return float(value)
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(key, f"expected a string, got {value!r}")
@@ -855,6 +867,8 @@ def _validate(s: Settings) -> None:
     for key, value in (("drain.batch_events", s.drain.batch_events), ("drain.window", s.drain.window)):
         if value < 1:
             raise ConfigError(key, "must be at least 1")
+    if s.drain.live_share < 0:
+        raise ConfigError("drain.live_share", "must be 0 (off) or more")
     if s.buffer.max_bytes < s.source.thrift.max_event_bytes:
         raise ConfigError("buffer.max_bytes", "must hold at least one event")
 

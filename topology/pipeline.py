@@ -71,6 +71,8 @@ class Pipeline(Service):
         self.spill = SpillStage(self.buffer, m)
         self.drain = Drain(settings.drain, self.buffer, DrainSender(self.supervisor), self.supervisor, m)
         self.drain.running = lambda: self.source.listening  # ends its round when the node stops
+        self.live_events = 0
+        self.drain.live_events = lambda: self.live_events
         self.source = ThriftSource(settings.source.thrift, self.handle, m)
         self.started_at = time.time()
         self._calls: set[asyncio.Future[int]] = set()  # replies not yet given: calls in flight
@@ -133,6 +135,7 @@ class Pipeline(Service):
     async def handle(self, events: Sequence[Any]) -> int:
         """The source's handler: hands the call to the ingress channel, waits for its Status."""
         reply: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.live_events += len(events)
         self._calls.add(reply)
         reply.add_done_callback(self._calls.discard)
         await self.ingress.send(value=Envelope(events, now_ms(), reply))
