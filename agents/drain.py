@@ -228,7 +228,8 @@ async def drain_segment(path: Path, sender: Sender, *, start: int = HEADER_LEN, 
                         before_chunk: Callable[[int, int, int], None] | None = None,
                         on_refused: Callable[[Sequence[tuple[Record, SinkRefused]]], None] | None = None,
                         dry_run: bool = False, counts: dict[str, int] | None = None,
-                        deadline: float | None = None) -> SegmentResult:
+                        deadline: float | None = None,
+                        chunks: Iterator[tuple[int, int, list[Record]]] | None = None) -> SegmentResult:
     """Send one segment's events from ``start`` to Kafka, each to its own topic.
 
     ``keep`` filters (replay's --topic/--since/--until; the rest is skipped);
@@ -239,10 +240,12 @@ async def drain_segment(path: Path, sender: Sender, *, start: int = HEADER_LEN, 
     good go to ``on_refused`` (once the rest of their chunk is acknowledged) and the drain
     goes on. Stops at the first chunk Kafka does not acknowledge (``complete=False``,
     ``error`` set), or when the monotonic clock passes ``deadline`` (``complete=False``,
-    no error: call again to go on).
+    no error: call again to go on). ``chunks``: ``(first, end, records)`` from elsewhere
+    than the segment (replay's Flume files, :mod:`agents.flume_files`), sent the same way.
     """
     sent = archived = skipped = refused = 0
-    chunks = _chunks(path, start, batch_events, end)
+    if chunks is None:
+        chunks = _chunks(path, start, batch_events, end)
     while True:
         if deadline is not None and time.monotonic() > deadline:
             return SegmentResult(sent, archived, skipped, False)

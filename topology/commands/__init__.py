@@ -9,6 +9,7 @@ configuration error).
     buffer ls|inspect|verify [P]   what the disk buffer holds; CRC check
     send                           a Flume-protocol test client
     check-config [PATH]            validate a file, print effective settings and origins
+    import-flume FILE              a Flume agent's properties as a spillway TOML file
 
 Faust's built-in commands register when ``faust.cli.faust`` is first imported; it is
 imported here first so that ours (``send`` shares a name) replace them, not the
@@ -19,6 +20,6 @@ from __future__ import annotations
 
 import faust.cli.faust  # noqa: F401  - register Faust's built-ins before ours
 
-from topology.commands import buffer, check_config, replay, send
+from topology.commands import buffer, check_config, import_flume, replay, send
 
-__all__ = ["buffer", "check_config", "replay", "send"]
+__all__ = ["buffer", "check_config", "import_flume", "replay", "send"]
