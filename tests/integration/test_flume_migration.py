@@ -1,0 +1,204 @@
+"""Moving from Flume, end to end, with Apache Flume's own code (Maven Central, devtools/flume.py):
+
+- a worker started from the file `spillway import-flume` wrote takes events from Flume's own
+  Java RpcClient (Thrift) into the topics their headers name;
+- files that Flume's own agent wrote (ThriftSource -> memory channel -> file_roll with
+  sink.serializer = avro_event), one of them torn, in a directory that also holds a spillway
+  segment, are replayed into the real broker, each event to its topic with its key and headers;
+  a second run sends nothing twice, and the input files are never changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import fastavro
+import pytest
+
+from devtools import flume
+from helpers import ROOT, free_port, read_topic, unique
+
+pytestmark = pytest.mark.kafka
+
+DATA = ROOT / "tests" / "data" / "flume"
+SENDER = (DATA / "FlumeSend.java").read_text()
+BASE_MS = (int(time.time()) - 3600) * 1000  # the events' timestamp header: BASE_MS + their number
+
+
+def spillway(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "topology.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def flume_send(port: int, first: int, count: int, topics: list[str]) -> None:
+    """Events ``first`` .. ``first+count-1`` through Flume's own Thrift RpcClient."""
+    r = flume.java(SENDER, "FlumeSend", str(port), str(first), str(count), ",".join(topics), str(BASE_MS))
+    assert r.returncode == 0 and f"sent {count}" in r.stdout, r.stdout + r.stderr[-2000:]
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"Flume agent exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.5).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f"Flume agent not listening on {port}:\n{log.read_text()[-3000:]}")
+
+
+def flume_spill(tmp: Path, rounds: list[tuple[int, int]], topics: list[str]) -> Path:
+    """Run Flume's own agent (Thrift source -> memory channel -> file_roll avro_event) and feed it
+    with Flume's own client; return the directory of files it wrote."""
+    spill = tmp / "flume-spill"
+    spill.mkdir()
+    port = free_port()
+    conf = tmp / "agent.properties"
+    conf.write_text(f"""
+a1.sources = r1
+a1.channels = c1
+a1.sinks = k1
+a1.sources.r1.type = thrift
+a1.sources.r1.bind = 127.0.0.1
+a1.sources.r1.port = {port}
+a1.sources.r1.channels = c1
+a1.channels.c1.type = memory
+a1.channels.c1.capacity = 10000
+a1.channels.c1.transactionCapacity = 1000
+a1.sinks.k1.type = file_roll
+a1.sinks.k1.channel = c1
+a1.sinks.k1.sink.directory = {spill}
+a1.sinks.k1.sink.serializer = avro_event
+a1.sinks.k1.sink.rollInterval = 1
+a1.sinks.k1.sink.batchSize = 100
+""")
+    log = tmp / "agent.log"
+    with open(log, "wb") as out:
+        agent = subprocess.Popen(flume.agent_command(conf), stdout=out, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+    try:
+        wait_port(port, agent, log)
+        for first, count in rounds:
+            flume_send(port, first, count, topics)
+            time.sleep(1.5)  # a roll in between: several files
+    finally:
+        os.killpg(agent.pid, signal.SIGTERM)
+        try:
+            agent.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(agent.pid, signal.SIGKILL)
+            agent.wait()
+    return spill
+
+
+def blocks(path: Path) -> list[int]:
+    with open(path, "rb") as fh:
+        return [b.num_records for b in fastavro.block_reader(fh)]
+
+
+def digest(directory: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir())}
+
+
+def test_replay_sends_flumes_own_spilled_files_to_their_topics_with_keys_and_headers(kafka_up, tmp_path: Path) -> None:
+    topics = [unique("orders"), unique("clicks"), unique("audit")]
+    spill = flume_spill(tmp_path, [(0, 900), (900, 600)], topics)
+    files = sorted((p for p in spill.iterdir() if p.stat().st_size > 0), key=lambda p: p.name)
+    per_file = {p.name: blocks(p) for p in files}
+    assert sum(map(sum, per_file.values())) == 1500, per_file
+    # Tear the last block of the biggest file, as a power cut would (file_roll never fsyncs).
+    torn = max(files, key=lambda p: sum(per_file[p.name]))
+    assert len(per_file[torn.name]) >= 2, per_file
+    lost = per_file[torn.name][-1]
+    with open(torn, "r+b") as fh:
+        fh.truncate(torn.stat().st_size - 25)
+    # A spillway segment in the same directory: replayed too.
+    seg_topic = unique("segment")
+    from agents.records import Record
+    from agents.segments import FILE_HEADER, encode_records
+
+    (spill / "00000000000000000001.seg").write_bytes(FILE_HEADER + encode_records(
+        [Record(seg_topic, b"sk", [("h", b"v")], b"from a segment", BASE_MS)]))
+    before = digest(spill)
+    buffer = tmp_path / "buffer"
+    env = {"SPILLWAY_KAFKA_BOOTSTRAP_SERVERS": kafka_up.bootstrap, "SPILLWAY_BUFFER_DIRECTORY": str(buffer)}
+
+    first = spillway("replay", str(spill), env=env)
+    assert first.returncode == 1, first.stdout + first.stderr  # the torn file
+    assert "torn last block" in first.stderr and torn.name in first.stderr, first.stderr
+    sent = 1500 - lost
+    assert f"sent {sent + 1} event(s)" in first.stdout, first.stdout + first.stderr
+
+    got: dict[str, list] = {}
+    for topic in topics:
+        got[topic] = read_topic(kafka_up.bootstrap, topic, sent // 3, timeout=60, settle=1.0)
+    assert sum(map(len, got.values())) == sent, {t: len(v) for t, v in got.items()}
+    seqs = set()
+    for topic, records in got.items():
+        for rec in records:
+            headers = {k: v.decode() for k, v in rec.headers}
+            seq = int(headers["seq"])
+            seqs.add(seq)
+            assert topics[seq % 3] == topic == headers["topic"]
+            assert rec.key == f"key-{seq}".encode() and headers["key"] == f"key-{seq}"
+            assert headers["app"] == "flume-sdk" and rec.value == f"event {seq}".encode()
+            assert rec.timestamp == BASE_MS + seq  # the timestamp header
+    assert len(seqs) == sent  # no duplicates
+    seg = read_topic(kafka_up.bootstrap, seg_topic, 1, timeout=30)
+    assert [(r.key, r.value) for r in seg] == [(b"sk", b"from a segment")]
+
+    # Second run: the whole files are skipped, the torn one resumes after what Kafka acknowledged.
+    second = spillway("replay", "--json", str(spill), env=env)
+    assert second.returncode == 1, second.stdout + second.stderr
+    doc = json.loads(second.stdout)
+    assert doc["per_topic"] == {seg_topic: 1}, doc  # only the segment (replay never records segments)
+    assert len(doc["already_replayed"]) == len(files) - 1 and doc["resumed"] == {
+        str(torn): per_file_sum_minus_last(per_file[torn.name])}, doc
+    again = {t: read_topic(kafka_up.bootstrap, t, sent, timeout=5, settle=0.5) for t in topics}
+    assert sum(map(len, again.values())) == sent  # nothing sent twice
+    assert digest(spill) == before  # the input files are never changed
+
+
+def per_file_sum_minus_last(counts: list[int]) -> int:
+    return sum(counts[:-1])
+
+
+def test_worker_from_imported_flume_config_takes_flume_sdk_events_into_their_topics(
+        kafka_up, make_worker, tmp_path: Path) -> None:
+    default = unique("events-default")
+    props = (DATA / "edge-1.7.properties").read_text().replace("kafka.topic = events-default",
+                                                               f"kafka.topic = {default}")
+    (tmp_path / "flume.properties").write_text(props)
+    out = tmp_path / "spillway.toml"
+    conv = spillway("import-flume", str(tmp_path / "flume.properties"), "-o", str(out), "--strict")
+    assert conv.returncode == 0, conv.stderr
+    checked = spillway("check-config", str(out))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    worker = make_worker(kafka_up.bootstrap, SPILLWAY_CONFIG=str(out))
+    assert worker.status()  # up from the imported file
+    topics = [unique("orders"), unique("clicks"), "-"]
+    flume_send(worker.thrift_port, 0, 300, topics)
+    for i, topic in enumerate([topics[0], topics[1], default]):
+        records = read_topic(kafka_up.bootstrap, topic, 100, timeout=60, settle=0.5)
+        assert len(records) == 100, (topic, len(records))
+        seqs = sorted(int(dict(r.headers)["seq"]) for r in records)
+        assert seqs == list(range(i, 300, 3))
+        assert all(r.key == f"key-{int(dict(r.headers)['seq'])}".encode() for r in records)
+
+
+def test_replay_of_a_directory_without_anything_readable_fails(tmp_path: Path) -> None:
+    (tmp_path / "1700000000000-1").write_text("a TEXT serializer's line\n")
+    proc = spillway("replay", "--dry-run", str(tmp_path))
+    assert proc.returncode == 1 and "nothing to replay" in proc.stderr, proc.stderr
+
