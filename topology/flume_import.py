@@ -589,8 +589,8 @@ class Converter:
                 self.unconverted(gp + "processor.type", "a load_balance group: spillway sends to the "
                                  "highest-priority Kafka cluster that is up (failover), never spreads load; "
                                  "its sinks are taken in the order listed")
-                for rest in self.component_keys(gp + "processor."):
-                    self.used.add(gp + "processor." + rest)
+                for key in ("processor.backoff", "processor.selector", "processor.selector.maxTimeOut"):
+                    self.get(gp + key)
             elif processor != "failover" and processor != "default":
                 self.unconverted(gp + "processor.type", f"sink processor {processor!r} is not supported")
             prios: list[tuple[int, int, str]] = []
@@ -713,7 +713,8 @@ class Converter:
 
     def kafka_producer(self, prefix: str, sink: _KafkaSink) -> None:
         pp = prefix + "kafka.producer."
-        env_base = "SPILLWAY_KAFKA" if sink.kafka.header == "kafka" else "the secondary's"
+        secret = ("set SPILLWAY_KAFKA_SASL_PASSWORD, or kafka.sasl_password_file" if sink.kafka.header == "kafka"
+                  else "set sasl_password_file (or sasl_password) in this table")
         for rest in self.component_keys(pp):
             key = pp + rest
             if key in self.used:
@@ -747,8 +748,7 @@ class Converter:
                 user = re.search(r'username\s*=\s*"([^"]*)"', value)
                 if user and re.search(r"(Plain|Scram)LoginModule", value):
                     sink.kafka.set("sasl_username", user.group(1), f"{key} (username)")
-                    sink.kafka.comments.append(f"sasl_password: from {key}, not copied here: set "
-                                               f"{env_base}_SASL_PASSWORD or kafka.sasl_password_file")
+                    sink.kafka.comments.append(f"sasl_password: from {key}, not copied here: {secret}")
                     self.note(key, "the password is not written out: set it in the environment or a file")
                 else:
                     self.unconverted(key, "only PlainLoginModule/ScramLoginModule with username and password "
