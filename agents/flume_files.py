@@ -33,7 +33,7 @@ import orjson
 
 from agents.records import Record
 from agents.router import Router
-from agents.segments import fsync_dir
+from agents.segments import SegmentScan, fsync_dir
 from core.errors import RoutingError
 
 MAGIC = b"Obj\x01"
@@ -73,13 +73,13 @@ class FlumeFile:
         with open(path, "rb") as fh:
             try:
                 reader = fastavro.block_reader(fh)
-            except (ValueError, EOFError, OSError, KeyError) as exc:
+            except Exception as exc:  # noqa: BLE001 - fastavro's errors on a bad header vary
                 raise NotFlumeFile(f"unreadable Avro header: {exc}") from None
             fields = _fields(reader.writer_schema)
             if not {"headers", "body"} <= fields:
                 raise NotFlumeFile(f"not Flume's Event schema (fields: {', '.join(sorted(fields)) or 'none'})")
             codec = str(reader.metadata.get("avro.codec", "null"))
-            sync = reader._header["sync"].hex()
+            sync = reader._header["sync"].hex()  # fastavro keeps the header as read; no public accessor
         m = SERIES_NAME.match(path.name)
         fallback = int(m.group(1)) if m else int(path.stat().st_mtime * 1000)
         return cls(path, codec, sync, size, fallback)
@@ -108,18 +108,18 @@ class FlumeFile:
                         yield (i, *_event(rec))
                     index += n
                     self.good_bytes = fh.tell()
-            except (ValueError, EOFError, OSError, KeyError, TypeError, UnicodeDecodeError, MemoryError) as exc:
+            except Exception as exc:  # noqa: BLE001 - fastavro raises ValueError, EOFError, IndexError... on bad bytes
                 self.damage = (f"unreadable from byte {self.good_bytes} of {self.size} ({self.size - self.good_bytes}"
                                f" bytes: {'a torn last block' if _torn(exc) else 'damaged'}: {exc})")
 
 
 def _torn(exc: BaseException) -> bool:
-    return isinstance(exc, EOFError) or "sync marker" in str(exc)
+    return isinstance(exc, EOFError | IndexError) or "sync marker" in str(exc)
 
 
 def _fields(schema: Any) -> set[str]:
     if isinstance(schema, dict) and schema.get("type") == "record":
-        return {f.get("name") for f in schema.get("fields", []) if isinstance(f, dict)}
+        return {str(f.get("name")) for f in schema.get("fields", []) if isinstance(f, dict)}
     return set()
 
 
@@ -246,8 +246,8 @@ def on_progress(ledger: ReplayLedger | None, f: FlumeFile, routed: Routed) -> Ca
     return record
 
 
-__all__ = ["MAGIC", "FlumeFile", "FlumeScan", "NotFlumeFile", "ReplayLedger", "Routed", "is_flume_file",
-           "count_events", "record_chunks", "scan_file", "series_order", "timestamp_of"]
+__all__ = ["MAGIC", "FlumeFile", "FlumeScan", "NotFlumeFile", "ReplayLedger", "Routed", "as_segment_scan",
+           "count_events", "is_flume_file", "record_chunks", "scan_file", "series_order", "timestamp_of"]
 
 
 def count_events(f: FlumeFile) -> int:
@@ -257,7 +257,7 @@ def count_events(f: FlumeFile) -> int:
         try:
             for block in fastavro.block_reader(fh):
                 n += block.num_records
-        except (ValueError, EOFError, OSError, KeyError, TypeError, MemoryError):
+        except Exception:  # noqa: BLE001 - the damage: events() reports it
             pass
     return n
 
@@ -266,3 +266,13 @@ def series_order(path: Path) -> tuple[int, int, str]:
     """Flume's file order: ``<seriesTimestampMillis>-<n>`` by number, other names after."""
     m = re.match(r"^(\d+)-(\d+)", path.name)
     return (int(m.group(1)), int(m.group(2)), path.name) if m else (1 << 62, 0, path.name)
+
+
+def as_segment_scan(f: FlumeFile, scan: FlumeScan) -> SegmentScan:
+    """A Flume file's scan in the shape ``spillway buffer`` reports for segments: a torn last
+    block as a torn tail, other damage as a corrupt range to the end (Avro cannot resync past it)."""
+    rest = f.size - f.good_bytes if scan.damage else 0
+    torn = rest if scan.damage and "torn" in scan.damage else 0
+    corrupt = ((f.good_bytes, rest),) if rest and not torn else ()
+    return SegmentScan(f.path, True, f.size, f.good_bytes, scan.events, scan.first_ts, scan.last_ts,
+                       scan.per_topic, torn, corrupt)

@@ -825,7 +825,8 @@ class Converter:
                 self.router.set("default_topic", *primary.default_topic)
             if primary.topic_header is not None:
                 self.router.set("topic_header", *primary.topic_header)
-            self.router.set("key_header", "key", f"{primary.prefix[:-1]}: Flume's KafkaSink keys records by this header")
+            self.router.set("key_header", "key",
+                            f"{primary.prefix[:-1]}: Flume's KafkaSink keys records by this header")
             if primary.batch is not None:
                 self.drain.set("batch_events", primary.batch[0], f"{primary.batch[1]} (events per Kafka send; "
                                "live traffic goes as each client call's batch)")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -23,9 +22,9 @@ from pathlib import Path
 
 import fastavro
 import pytest
+from helpers import ROOT, free_port, read_topic, unique
 
 from devtools import flume
-from helpers import ROOT, free_port, read_topic, unique
 
 pytestmark = pytest.mark.kafka
 

@@ -38,6 +38,8 @@ from agents.kafka_sink import KafkaSink
 from agents.records import Delivery, Record
 from agents.router import Router
 from agents.segments import iter_records, scan_segment
+from core.errors import CorruptRecord
+from core.settings import Settings
 from topology.app import app
 from topology.commands.base import SpillwayCommand
 from topology.commands.core import (
@@ -49,8 +51,6 @@ from topology.commands.core import (
     dumps,
     is_archive,
 )
-from core.errors import CorruptRecord
-from core.settings import Settings
 
 #: where a replay records which Flume files it sent (in buffer.directory, next to the segments)
 FLUME_LEDGER = "flume-replayed.json"
