@@ -195,7 +195,8 @@ _KAFKA_SINK_KEYS = ("type", "channel", "brokerList", "topic", "requiredAcks", "b
                     "useFlumeEventFormat", "defaultPartitionId", "partitionIdHeader", "allowTopicOverride",
                     "topicHeader", "timestampHeader")
 _FILE_ROLL_KEYS = ("type", "channel", "sink.directory", "sink.pathManager", "sink.pathManager.extension",
-                   "sink.pathManager.prefix", "sink.rollInterval", "sink.serializer", "sink.batchSize")
+                   "sink.pathManager.prefix", "sink.rollInterval", "sink.serializer", "sink.batchSize",
+                   "sink.serializer.compressionCodec", "sink.serializer.syncIntervalBytes")
 _MEMORY_CHANNEL_KEYS = ("type", "capacity", "transactionCapacity", "keep-alive", "byteCapacityBufferPercentage",
                         "byteCapacity")
 _FILE_CHANNEL_KEYS = ("type", "checkpointDir", "useDualCheckpoints", "backupCheckpointDir", "dataDirs",
@@ -785,6 +786,10 @@ class Converter:
         self.get(prefix + "channel")
         directory = self.get(prefix + "sink.directory")
         serializer = self.get(prefix + "sink.serializer") or "TEXT"
+        for key in ("sink.serializer.compressionCodec", "sink.serializer.syncIntervalBytes"):
+            if self.get(prefix + key) is not None:
+                self.note(prefix + key, "how Flume wrote its files: replay reads the null, deflate and snappy "
+                          "codecs; the disk buffer's segments are not compressed")
         for key in ("sink.pathManager", "sink.pathManager.extension", "sink.pathManager.prefix",
                     "sink.rollInterval", "sink.batchSize"):
             if self.get(prefix + key) is not None:

@@ -57,31 +57,28 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: floa
     raise TimeoutError(f"Flume agent not listening on {port}:\n{log.read_text()[-3000:]}")
 
 
-def flume_spill(tmp: Path, rounds: list[tuple[int, int]], topics: list[str]) -> Path:
-    """Run Flume's own agent (Thrift source -> memory channel -> file_roll avro_event) and feed it
-    with Flume's own client; return the directory of files it wrote."""
-    spill = tmp / "flume-spill"
-    spill.mkdir()
+def flume_spill(tmp: Path, rounds: list[tuple[int, int]], topics: list[str],
+                codecs: tuple[str, ...] = ("null",)) -> dict[str, Path]:
+    """Run Flume's own agent (Thrift source -> a memory channel per codec, replicating -> a
+    file_roll avro_event sink per codec) and feed it with Flume's own client; return each
+    codec's directory of the files Flume wrote."""
     port = free_port()
+    dirs = {codec: tmp / f"flume-spill-{codec}" for codec in codecs}
+    lines = ["a1.sources = r1", f"a1.channels = {' '.join(f'c_{c}' for c in codecs)}",
+             f"a1.sinks = {' '.join(f'k_{c}' for c in codecs)}",
+             "a1.sources.r1.type = thrift", "a1.sources.r1.bind = 127.0.0.1", f"a1.sources.r1.port = {port}",
+             f"a1.sources.r1.channels = {' '.join(f'c_{c}' for c in codecs)}"]
+    for codec, directory in dirs.items():
+        directory.mkdir()
+        lines += [f"a1.channels.c_{codec}.type = memory", f"a1.channels.c_{codec}.capacity = 10000",
+                  f"a1.channels.c_{codec}.transactionCapacity = 1000",
+                  f"a1.sinks.k_{codec}.type = file_roll", f"a1.sinks.k_{codec}.channel = c_{codec}",
+                  f"a1.sinks.k_{codec}.sink.directory = {directory}",
+                  f"a1.sinks.k_{codec}.sink.serializer = avro_event",
+                  f"a1.sinks.k_{codec}.sink.serializer.compressionCodec = {codec}",
+                  f"a1.sinks.k_{codec}.sink.rollInterval = 1", f"a1.sinks.k_{codec}.sink.batchSize = 100"]
     conf = tmp / "agent.properties"
-    conf.write_text(f"""
-a1.sources = r1
-a1.channels = c1
-a1.sinks = k1
-a1.sources.r1.type = thrift
-a1.sources.r1.bind = 127.0.0.1
-a1.sources.r1.port = {port}
-a1.sources.r1.channels = c1
-a1.channels.c1.type = memory
-a1.channels.c1.capacity = 10000
-a1.channels.c1.transactionCapacity = 1000
-a1.sinks.k1.type = file_roll
-a1.sinks.k1.channel = c1
-a1.sinks.k1.sink.directory = {spill}
-a1.sinks.k1.sink.serializer = avro_event
-a1.sinks.k1.sink.rollInterval = 1
-a1.sinks.k1.sink.batchSize = 100
-""")
+    conf.write_text("\n".join(lines) + "\n")
     log = tmp / "agent.log"
     with open(log, "wb") as out:
         agent = subprocess.Popen(flume.agent_command(conf), stdout=out, stderr=subprocess.STDOUT,
@@ -98,7 +95,7 @@ a1.sinks.k1.sink.batchSize = 100
         except subprocess.TimeoutExpired:
             os.killpg(agent.pid, signal.SIGKILL)
             agent.wait()
-    return spill
+    return dirs
 
 
 def blocks(path: Path) -> list[int]:
@@ -112,7 +109,18 @@ def digest(directory: Path) -> dict[str, str]:
 
 def test_replay_sends_flumes_own_spilled_files_to_their_topics_with_keys_and_headers(kafka_up, tmp_path: Path) -> None:
     topics = [unique("orders"), unique("clicks"), unique("audit")]
-    spill = flume_spill(tmp_path, [(0, 900), (900, 600)], topics)
+    dirs = flume_spill(tmp_path, [(0, 900), (900, 600)], topics, codecs=("null", "deflate", "snappy"))
+    env = {"SPILLWAY_KAFKA_BOOTSTRAP_SERVERS": kafka_up.bootstrap, "SPILLWAY_BUFFER_DIRECTORY": str(tmp_path / "buf")}
+    for codec in ("deflate", "snappy"):  # the same events, compressed by Flume: read alike
+        inspect = spillway("buffer", "inspect", "--json", str(dirs[codec]), env=env)
+        assert inspect.returncode == 0, inspect.stdout + inspect.stderr
+        total = json.loads(inspect.stdout)["total"]
+        assert total["events"] == 1500 and total["per_topic"] == {t: 500 for t in topics}, (codec, total)
+        assert {Path(f["path"]).name for f in json.loads(inspect.stdout)["segments"]} == {
+            p.name for p in dirs[codec].iterdir()}
+        with open(next(p for p in dirs[codec].iterdir() if p.stat().st_size > 200), "rb") as fh:
+            assert fastavro.block_reader(fh).metadata["avro.codec"] == codec
+    spill = dirs["null"]
     files = sorted((p for p in spill.iterdir() if p.stat().st_size > 0), key=lambda p: p.name)
     per_file = {p.name: blocks(p) for p in files}
     assert sum(map(sum, per_file.values())) == 1500, per_file
@@ -130,8 +138,6 @@ def test_replay_sends_flumes_own_spilled_files_to_their_topics_with_keys_and_hea
     (spill / "00000000000000000001.seg").write_bytes(FILE_HEADER + encode_records(
         [Record(seg_topic, b"sk", [("h", b"v")], b"from a segment", BASE_MS)]))
     before = digest(spill)
-    buffer = tmp_path / "buffer"
-    env = {"SPILLWAY_KAFKA_BOOTSTRAP_SERVERS": kafka_up.bootstrap, "SPILLWAY_BUFFER_DIRECTORY": str(buffer)}
 
     first = spillway("replay", str(spill), env=env)
     assert first.returncode == 1, first.stdout + first.stderr  # the torn file
