@@ -21,6 +21,7 @@ what the first sent; the input files are never changed.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -146,19 +147,26 @@ class Routed:
     first_refused: int | None = None  # index of the first refused event
 
 
-def record_chunks(f: FlumeFile, router: Router, start: int, size: int,
+def record_chunks(f: FlumeFile | TextFile, router: Router, start: int, size: int,
                   routed: Routed) -> Iterator[tuple[int, int, list[Record]]]:
     """``(first index, end index, records)`` in chunks of ``size``, routed; refused events are counted
-    in ``routed`` and left out (the shape :func:`~agents.drain.drain_segment` takes as ``chunks``)."""
+    in ``routed`` and left out (the shape :func:`~agents.drain.drain_segment` takes as ``chunks``).
+    A :class:`TextFile`'s lines all go to its ``topic``, with no key and no headers."""
     chunk: list[Record] = []
     first = end = start
+    pending = False
+    topic = f.topic if isinstance(f, TextFile) else None
     for index, headers, body in f.events(start):
-        if not chunk:
-            first = index
+        if not pending:
+            first, pending = index, True
         end = index + 1
         try:
-            rec = router.route([(list((k, v.encode("utf-8")) for k, v in headers.items()), body)],
-                               timestamp_of(headers, f.fallback_ms))[0]
+            if topic is not None:
+                router.check_topic(topic)
+                rec = Record(topic, None, [], body, f.fallback_ms)
+            else:
+                rec = router.route([(list((k, v.encode("utf-8")) for k, v in headers.items()), body)],
+                                   timestamp_of(headers, f.fallback_ms))[0]
         except RoutingError as exc:
             routed.refused[str(exc)] = routed.refused.get(str(exc), 0) + 1
             if routed.first_refused is None:
@@ -167,9 +175,47 @@ def record_chunks(f: FlumeFile, router: Router, start: int, size: int,
         chunk.append(rec)
         if len(chunk) >= size:
             yield first, end, chunk
-            chunk = []
-    if chunk or end > first:
+            chunk, pending = [], False
+    if pending:
         yield first, end, chunk
+
+
+@dataclass
+class TextFile:
+    """A file_roll file of the TEXT or HEADER_AND_TEXT serializer: one event a line, no headers
+    to route by (HEADER_AND_TEXT's ``{k=v, ...}`` prefix is Java's Map.toString, not parseable
+    back), so every line goes, whole, to ``topic``."""
+
+    path: Path
+    topic: str
+    size: int = 0
+    fallback_ms: int = 0
+    identity: str = ""
+    damage: str | None = None
+    good_bytes: int = 0
+
+    @classmethod
+    def open(cls, path: Path, topic: str) -> TextFile:
+        st = path.stat()
+        with open(path, "rb") as fh:
+            head = fh.read(65536)
+        m = SERIES_NAME.match(path.name)
+        fallback = int(m.group(1)) if m else int(st.st_mtime * 1000)
+        digest = hashlib.sha256(head).hexdigest()[:32]
+        return cls(path, topic, st.st_size, fallback, f"text:{digest}:{path.name}")
+
+    def events(self, start: int = 0) -> Iterator[tuple[int, dict[str, str], bytes]]:
+        """``(index, {}, line without its newline)``; a last line without a newline is kept."""
+        with open(self.path, "rb") as fh:
+            for index, line in enumerate(fh):
+                if index >= start:
+                    yield index, {}, line[:-1] if line.endswith(b"\n") else line
+        self.good_bytes = self.size
+
+
+def is_flume_text_name(path: Path) -> bool:
+    """A name file_roll gives (``<seriesTimestampMillis>-<n>``, maybe with its extension)."""
+    return SERIES_NAME.match(path.name) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,11 +260,11 @@ class ReplayLedger:
             raise ValueError(f"{path}: unreadable replay ledger ({exc}); move it aside to replay everything "
                              f"again") from None
 
-    def done(self, f: FlumeFile) -> tuple[int, bool]:
+    def done(self, f: FlumeFile | TextFile) -> tuple[int, bool]:
         entry = self.doc.get(f.identity) or {}
         return int(entry.get("events", 0)), bool(entry.get("complete", False))
 
-    def record(self, f: FlumeFile, events: int, complete: bool) -> None:
+    def record(self, f: FlumeFile | TextFile, events: int, complete: bool) -> None:
         self.doc[f.identity] = {"path": str(f.path.resolve()), "events": events, "complete": complete}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
@@ -229,11 +275,9 @@ class ReplayLedger:
         os.replace(tmp, self.path)
         fsync_dir(self.path.parent)
 
-    def forget(self, f: FlumeFile) -> None:
-        self.doc.pop(f.identity, None)
 
 
-def on_progress(ledger: ReplayLedger | None, f: FlumeFile, routed: Routed) -> Callable[[int], None]:
+def on_progress(ledger: ReplayLedger | None, f: FlumeFile | TextFile, routed: Routed) -> Callable[[int], None]:
     """Record ``end`` (events acknowledged up to there) unless an event before it was refused."""
 
     def record(end: int) -> None:
@@ -246,12 +290,16 @@ def on_progress(ledger: ReplayLedger | None, f: FlumeFile, routed: Routed) -> Ca
     return record
 
 
-__all__ = ["MAGIC", "FlumeFile", "FlumeScan", "NotFlumeFile", "ReplayLedger", "Routed", "as_segment_scan",
-           "count_events", "is_flume_file", "record_chunks", "scan_file", "series_order", "timestamp_of"]
+__all__ = ["MAGIC", "FlumeFile", "FlumeScan", "NotFlumeFile", "ReplayLedger", "Routed", "TextFile",
+           "as_segment_scan", "count_events", "is_flume_file", "is_flume_text_name", "record_chunks", "scan_file",
+           "series_order", "timestamp_of"]
 
 
-def count_events(f: FlumeFile) -> int:
-    """Events in the file's whole blocks (from the block headers; nothing decoded)."""
+def count_events(f: FlumeFile | TextFile) -> int:
+    """Events in the file's whole blocks (from the block headers; nothing decoded), or its lines."""
+    if isinstance(f, TextFile):
+        with open(f.path, "rb") as fh:
+            return sum(1 for _ in fh)
     n = 0
     with open(f.path, "rb") as fh:
         try:

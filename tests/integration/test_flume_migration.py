@@ -60,8 +60,8 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: floa
 def flume_spill(tmp: Path, rounds: list[tuple[int, int]], topics: list[str],
                 codecs: tuple[str, ...] = ("null",)) -> dict[str, Path]:
     """Run Flume's own agent (Thrift source -> a memory channel per codec, replicating -> a
-    file_roll avro_event sink per codec) and feed it with Flume's own client; return each
-    codec's directory of the files Flume wrote."""
+    file_roll avro_event sink per codec, or the TEXT serializer for "text") and feed it with
+    Flume's own client; return each codec's directory of the files Flume wrote."""
     port = free_port()
     dirs = {codec: tmp / f"flume-spill-{codec}" for codec in codecs}
     lines = ["a1.sources = r1", f"a1.channels = {' '.join(f'c_{c}' for c in codecs)}",
@@ -74,8 +74,9 @@ def flume_spill(tmp: Path, rounds: list[tuple[int, int]], topics: list[str],
                   f"a1.channels.c_{codec}.transactionCapacity = 1000",
                   f"a1.sinks.k_{codec}.type = file_roll", f"a1.sinks.k_{codec}.channel = c_{codec}",
                   f"a1.sinks.k_{codec}.sink.directory = {directory}",
-                  f"a1.sinks.k_{codec}.sink.serializer = avro_event",
-                  f"a1.sinks.k_{codec}.sink.serializer.compressionCodec = {codec}",
+                  *([f"a1.sinks.k_{codec}.sink.serializer = TEXT"] if codec == "text" else [
+                      f"a1.sinks.k_{codec}.sink.serializer = avro_event",
+                      f"a1.sinks.k_{codec}.sink.serializer.compressionCodec = {codec}"]),
                   f"a1.sinks.k_{codec}.sink.rollInterval = 1", f"a1.sinks.k_{codec}.sink.batchSize = 100"]
     conf = tmp / "agent.properties"
     conf.write_text("\n".join(lines) + "\n")
@@ -109,7 +110,7 @@ def digest(directory: Path) -> dict[str, str]:
 
 def test_replay_sends_flumes_own_spilled_files_to_their_topics_with_keys_and_headers(kafka_up, tmp_path: Path) -> None:
     topics = [unique("orders"), unique("clicks"), unique("audit")]
-    dirs = flume_spill(tmp_path, [(0, 900), (900, 600)], topics, codecs=("null", "deflate", "snappy"))
+    dirs = flume_spill(tmp_path, [(0, 900), (900, 600)], topics, codecs=("null", "deflate", "snappy", "text"))
     env = {"SPILLWAY_KAFKA_BOOTSTRAP_SERVERS": kafka_up.bootstrap, "SPILLWAY_BUFFER_DIRECTORY": str(tmp_path / "buf")}
     for codec in ("deflate", "snappy"):  # the same events, compressed by Flume: read alike
         inspect = spillway("buffer", "inspect", "--json", str(dirs[codec]), env=env)
@@ -120,6 +121,15 @@ def test_replay_sends_flumes_own_spilled_files_to_their_topics_with_keys_and_hea
             p.name for p in dirs[codec].iterdir()}
         with open(next(p for p in dirs[codec].iterdir() if p.stat().st_size > 200), "rb") as fh:
             assert fastavro.block_reader(fh).metadata["avro.codec"] == codec
+    # Flume's TEXT serializer kept the bodies only: without --topic replay says why, with it the lines go there.
+    text_topic = unique("legacy")
+    no_topic = spillway("replay", str(dirs["text"]), env=env)
+    assert no_topic.returncode == 1 and "keep no headers" in no_topic.stderr, no_topic.stderr
+    text = spillway("replay", "--topic", text_topic, str(dirs["text"]), env=env)
+    assert text.returncode == 0 and "sent 1500 event(s)" in text.stdout, text.stdout + text.stderr
+    lines = read_topic(kafka_up.bootstrap, text_topic, 1500, timeout=60, settle=0.5)
+    assert sorted(r.value for r in lines) == sorted(f"event {i}".encode() for i in range(1500))
+    assert all(r.key is None and not r.headers for r in lines)
     spill = dirs["null"]
     files = sorted((p for p in spill.iterdir() if p.stat().st_size > 0), key=lambda p: p.name)
     per_file = {p.name: blocks(p) for p in files}
@@ -202,8 +212,8 @@ def test_worker_from_imported_flume_config_takes_flume_sdk_events_into_their_top
         assert all(r.key == f"key-{int(dict(r.headers)['seq'])}".encode() for r in records)
 
 
-def test_replay_of_a_directory_without_anything_readable_fails(tmp_path: Path) -> None:
-    (tmp_path / "1700000000000-1").write_text("a TEXT serializer's line\n")
+def test_replay_of_a_directory_without_anything_readable_fails_and_says_so(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("not Flume's, not spillway's\n")
     proc = spillway("replay", "--dry-run", str(tmp_path))
     assert proc.returncode == 1 and "nothing to replay" in proc.stderr, proc.stderr
 

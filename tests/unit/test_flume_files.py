@@ -15,6 +15,7 @@ from agents.flume_files import (
     NotFlumeFile,
     ReplayLedger,
     Routed,
+    TextFile,
     count_events,
     is_flume_file,
     record_chunks,
@@ -166,3 +167,21 @@ def test_timestamp_header_and_file_order() -> None:
     names = [Path("1700000000000-10"), Path("1700000000000-2"), Path("1600000000000-3"), Path("x")]
     assert [p.name for p in sorted(names, key=series_order)] == [
         "1600000000000-3", "1700000000000-2", "1700000000000-10", "x"]
+
+
+def test_a_text_file_sends_each_line_whole_to_its_one_topic(tmp_path: Path) -> None:
+    path = tmp_path / "1800000000000-3"
+    path.write_bytes(b"plain\n{host=a, topic=x} with headers\n\nlast without newline")
+    f = TextFile.open(path, "legacy")
+    routed = Routed()
+    chunks = list(record_chunks(f, Router(RouterSettings()), 1, 2, routed))
+    assert [(a, b) for a, b, _ in chunks] == [(1, 3), (3, 4)]
+    records = [r for _, _, c in chunks for r in c]
+    assert [r.value for r in records] == [b"{host=a, topic=x} with headers", b"", b"last without newline"]
+    assert {(r.topic, r.key, tuple(r.headers), r.timestamp_ms) for r in records} == {
+        ("legacy", None, (), 1_800_000_000_000)}
+    assert count_events(f) == 4 and f.identity.startswith("text:")
+    bad = Routed()
+    assert [c for _, _, c in record_chunks(TextFile.open(path, "__internal"), Router(RouterSettings()), 0, 9, bad)
+            ] == [[]]
+    assert sum(bad.refused.values()) == 4 and bad.first_refused == 0

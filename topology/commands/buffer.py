@@ -130,7 +130,7 @@ async def buffer(self: SpillwayCommand, action: str, paths: tuple[str, ...], as_
     from topology.app import settings
     from topology.commands.replay import collect_inputs
 
-    files, _ = await asyncio.to_thread(collect_inputs, paths)
+    files, _, _ = await asyncio.to_thread(collect_inputs, paths)
     scans = await asyncio.to_thread(scan_files, files, Router(settings.router))
     as_json = as_json or self.json
     if action == "verify":

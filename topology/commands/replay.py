@@ -28,8 +28,10 @@ from agents.flume_files import (
     NotFlumeFile,
     ReplayLedger,
     Routed,
+    TextFile,
     count_events,
     is_flume_file,
+    is_flume_text_name,
     on_progress,
     record_chunks,
     series_order,
@@ -258,8 +260,10 @@ class FlumeReplay:
     ledger so a file replayed whole is skipped next time (unless ``force``)."""
 
     def __init__(self, files: Sequence[Path], router: Router, ledger: ReplayLedger | None, *, force: bool,
-                 as_json: bool) -> None:
-        self.files = set(files)
+                 as_json: bool, text_files: Sequence[Path] = (), text_topic: str | None = None) -> None:
+        self.files = set(files) | set(text_files)
+        self.text_files = set(text_files)
+        self.text_topic = text_topic
         self.router = router
         self.ledger = ledger
         self.force = force
@@ -291,11 +295,23 @@ class FlumeReplay:
 
     async def replay(self, run: Replay, path: Path) -> bool:
         cmd, tally = run.cmd, run.tally
-        try:
-            f = await asyncio.to_thread(FlumeFile.open, path)
-        except (NotFlumeFile, OSError) as exc:
-            run._error(path, f"not a Flume avro_event file: {exc}")
-            return True
+        f: FlumeFile | TextFile
+        if path in self.text_files:
+            if self.text_topic is None:
+                run._error(path, "neither a segment nor an Avro file: a file_roll TEXT or HEADER_AND_TEXT file? "
+                                 "Those keep no headers to route by; give --topic T (once) to send its lines to T")
+                return True
+            try:
+                f = await asyncio.to_thread(TextFile.open, path, self.text_topic)
+            except OSError as exc:
+                run._error(path, f"cannot read: {exc}")
+                return True
+        else:
+            try:
+                f = await asyncio.to_thread(FlumeFile.open, path)
+            except (NotFlumeFile, OSError) as exc:
+                run._error(path, f"not a Flume avro_event file: {exc}")
+                return True
         start, complete = (0, False)
         if self.ledger is not None and not self.force:
             start, complete = self.ledger.done(f)
@@ -304,7 +320,11 @@ class FlumeReplay:
             self.say(cmd, path, skipped=f"replayed before ({start} events; --force sends it again)")
             return True
         routed = Routed()
-        record = on_progress(self.ledger if not (run.dry_run or run.keep.active) else None, f, routed)
+        keep = run.keep
+        # --topic names a TEXT file's topic rather than filtering it
+        filtered = keep.since_ms is not None or keep.until_ms is not None or (
+            bool(keep.topics) and not isinstance(f, TextFile))
+        record = on_progress(self.ledger if not (run.dry_run or filtered) else None, f, routed)
         counts: dict[str, int] = {}
         acked_before = sum(run.sender.acked.values())
         last = [start]
@@ -347,32 +367,43 @@ class FlumeReplay:
         if f.damage is not None:
             run._error(path, f"{f.damage}; the {last[0] - start} event(s) before it were "
                                 f"{'read' if run.dry_run else 'replayed'}, the rest was not")
-        elif not routed.refused and self.ledger is not None and not run.dry_run and not run.keep.active:
+        elif not routed.refused and self.ledger is not None and not run.dry_run and not filtered:
             await asyncio.to_thread(self.ledger.record, f, last[0], True)
         self.say(cmd, path, events=last[0] - start, **({"resumed_at": start} if start else {}),
                  **({"damage": f.damage} if f.damage else {}))
         return True
 
 
-def collect_inputs(paths: Sequence[str]) -> tuple[list[Path], list[Path]]:
-    """(every file to replay, the Flume files among them): directories expanded to their
-    segments and archives (by name) and Flume's avro_event files (by their Avro magic)."""
+def _is_segment_file(path: Path) -> bool:
+    return path.name.endswith((".seg", ".seg.gz"))
+
+
+def collect_inputs(paths: Sequence[str]) -> tuple[list[Path], list[Path], list[Path]]:
+    """(every file to replay, the Flume avro_event files, the Flume text files among them):
+    directories expanded to their segments and archives (by name), Flume's avro_event files
+    (by their Avro magic) and other files named as file_roll names them (``<millis>-<n>``:
+    its TEXT or HEADER_AND_TEXT serializer); a file given by name is a text file when it is
+    neither a segment nor an Avro file."""
     files = collect_segments(paths)
     flume = [p for p in files if is_flume_file(p)]
+    text = [p for p in files if not _is_segment_file(p) and p not in flume]
     seen = {p.resolve() for p in files}
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
             found = sorted((p for p in path.iterdir() if p.is_file() and p.resolve() not in seen
-                            and is_flume_file(p)), key=series_order)
+                            and (is_flume_file(p) or is_flume_text_name(p))), key=series_order)
             files += found
-            flume += found
-    return files, flume
+            flume += [p for p in found if is_flume_file(p)]
+            text += [p for p in found if p not in flume]
+    return files, flume, text
 
 
 @app.command(
     argument("paths", nargs=-1, required=True, type=click.Path()),
-    option("--topic", "topics", multiple=True, help="Replay only events of this topic (repeatable)."),
+    option("--topic", "topics", multiple=True,
+           help="Replay only events of this topic (repeatable); for Flume's TEXT/HEADER_AND_TEXT files, which keep "
+                "no headers, the one topic their lines go to."),
     option("--since", default=None,
            help="Only events received at or after this time: ISO-8601 (no offset: UTC) or epoch ms."),
     option("--until", default=None, help="Only events received before this time (same forms as --since)."),
@@ -404,12 +435,13 @@ async def replay(self: SpillwayCommand, paths: tuple[str, ...], topics: tuple[st
     read. A segment that a running worker is draining is skipped and counted. A Flume
     file replayed whole is recorded in <buffer.directory>/flume-replayed.json and
     skipped by the next run (--force: send it again); one cut short resumes after the
-    events Kafka acknowledged.
+    events Kafka acknowledged. Flume's TEXT and HEADER_AND_TEXT files kept no headers:
+    their lines go, whole, to the one --topic given (required for them).
     Exit code: 0 all replayed, 1 something not replayed (not acknowledged, skipped,
     damaged), 2 bad arguments or configuration.
     """
     keep = RecordFilter.from_options(topics, since, until)
-    files, flume_files = await asyncio.to_thread(collect_inputs, paths)
+    files, flume_files, text_files = await asyncio.to_thread(collect_inputs, paths)
     if not files:
         raise CommandError(f"nothing to replay in {', '.join(paths)}: no *.seg or *.seg.gz files and no Flume "
                            f"avro_event files (a file_roll sink's TEXT or HEADER_AND_TEXT files kept no headers)", 1)
@@ -430,12 +462,13 @@ async def replay(self: SpillwayCommand, paths: tuple[str, ...], topics: tuple[st
         if sink is not None and not await sink.probe(sink.settings.request_timeout):
             raise CommandError(f"Kafka at {sink.settings.bootstrap_servers} is not reachable; nothing replayed", 1)
         flume = None
-        if flume_files:
+        if flume_files or text_files:
             try:
                 ledger = await asyncio.to_thread(ReplayLedger, settings.buffer.directory / FLUME_LEDGER)
             except ValueError as exc:
                 raise CommandError(str(exc), 2) from None
-            flume = FlumeReplay(flume_files, Router(settings.router), ledger, force=force, as_json=as_json)
+            flume = FlumeReplay(flume_files, Router(settings.router), ledger, force=force, as_json=as_json,
+                                text_files=text_files, text_topic=topics[0] if len(topics) == 1 else None)
             if not dry_run:
                 flume.open_bar(sum(await asyncio.to_thread(lambda: [count_events(FlumeFile.open(p))
                                                                      for p in flume_files if _opens(p)])))
