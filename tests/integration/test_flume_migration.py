@@ -217,3 +217,41 @@ def test_replay_of_a_directory_without_anything_readable_fails_and_says_so(tmp_p
     proc = spillway("replay", "--dry-run", str(tmp_path))
     assert proc.returncode == 1 and "nothing to replay" in proc.stderr, proc.stderr
 
+
+
+def test_replay_progress_is_a_bar_on_a_terminal_plain_lines_elsewhere_and_json_with_json(tmp_path: Path) -> None:
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    schema = fastavro.parse_schema({"type": "record", "name": "Event", "namespace": "org.apache.flume", "fields": [
+        {"name": "headers", "type": {"type": "map", "values": "string"}}, {"name": "body", "type": "bytes"}]})
+    for n in range(3):
+        with open(tmp_path / f"1700000000000-{n + 1}", "wb") as fh:
+            fastavro.writer(fh, schema, [{"headers": {"topic": "t"}, "body": b"x"}] * 2000)
+    env = {**os.environ, "SPILLWAY_BUFFER_DIRECTORY": str(tmp_path / "buf")}
+    args = [sys.executable, "-m", "topology.cli", "replay", "--dry-run", str(tmp_path)]
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))
+    proc = subprocess.Popen(args, stdin=follower, stdout=follower, stderr=follower, env=env, cwd=ROOT)
+    os.close(follower)
+    screen = b""
+    while True:
+        try:
+            data = os.read(leader, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        screen += data
+    assert proc.wait(60) == 0
+    text = screen.decode(errors="replace")
+    assert "replay: 100%" in text and "6.00k/6.00k" in text and "ev/s" in text, text
+    plain = subprocess.run(args, capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+    assert plain.returncode == 0 and "\r" not in plain.stderr
+    assert plain.stderr.count(": events 2000") == 3, plain.stderr
+    as_json = subprocess.run([*args, "--json"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+    lines = [json.loads(line) for line in as_json.stderr.splitlines()]
+    assert [(Path(d["file"]).name, d["events"]) for d in lines] == [(f"1700000000000-{n}", 2000) for n in (1, 2, 3)]
+    assert json.loads(as_json.stdout)["total"] == 6000

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import shutil
 import sys
 import tempfile
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import orjson
 from faust.cli import argument, option
 
 from agents.drain import PROGRESS_FILE, RateLimiter, Sender, drain_segment, read_progress, segment_lock
@@ -216,7 +218,7 @@ class Replay:
             def before(first: int, end: int, n: int) -> None:
                 chunk["first"] = first
 
-            def after(end: int, sent: int, archived: int, refused: int) -> None:
+            def after(end: int, sent: int, archived: int, refused: int) -> None:  # after each acknowledged chunk
                 chunk["sent_before"] = sent
                 self.progress.done = acked_before + sent
                 self.progress.show(end)
@@ -276,7 +278,9 @@ class FlumeReplay:
         if sys.stderr.isatty() and not self.as_json:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, unit="ev", unit_scale=True, desc="replay", file=sys.stderr)
+            size = shutil.get_terminal_size()  # a terminal that reports no size (0 x 0) would hide the bar
+            self.bar = tqdm(total=total, unit="ev", unit_scale=True, desc="replay", file=sys.stderr,
+                            ncols=size.columns or 100, nrows=size.lines or 24, mininterval=0.2)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -288,10 +292,10 @@ class FlumeReplay:
             return
         rate = self.sent / max(time.monotonic() - self.started, 1e-3)
         if self.as_json:
-            click.echo(dumps({"file": str(path), **doc, "rate": round(rate, 1)}).replace("\n", ""), err=True)
+            click.echo(orjson.dumps({"file": str(path), **doc, "events_per_second": round(rate, 1)}), err=True)
         else:
             cmd.err(f"{path}: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in doc.items())
-                    + f" ({rate:.0f} events/s)")
+                    + (f" ({rate:.0f} events/s sent so far)" if self.sent else ""))
 
     async def replay(self, run: Replay, path: Path) -> bool:
         cmd, tally = run.cmd, run.tally
@@ -329,7 +333,7 @@ class FlumeReplay:
         acked_before = sum(run.sender.acked.values())
         last = [start]
 
-        def after(end: int, sent: int, archived: int, refused: int) -> None:
+        def after(end: int, sent: int, archived: int, refused: int) -> None:  # after each acknowledged chunk
             if refused == 0:
                 record(end)
             if self.bar is not None:
@@ -351,6 +355,8 @@ class FlumeReplay:
             counts=counts if run.dry_run else None, on_chunk=after, chunks=chunks)
         if run.dry_run:
             tally.add(counts)
+            if self.bar is not None:
+                self.bar.update(read[0] - start)
             last[0] = read[0]
         tally.skipped_by_filter += result.skipped
         for why, n in routed.refused.items():
@@ -469,9 +475,8 @@ async def replay(self: SpillwayCommand, paths: tuple[str, ...], topics: tuple[st
                 raise CommandError(str(exc), 2) from None
             flume = FlumeReplay(flume_files, Router(settings.router), ledger, force=force, as_json=as_json,
                                 text_files=text_files, text_topic=topics[0] if len(topics) == 1 else None)
-            if not dry_run:
-                flume.open_bar(sum(await asyncio.to_thread(lambda: [count_events(FlumeFile.open(p))
-                                                                     for p in flume_files if _opens(p)])))
+            flume.open_bar(sum(await asyncio.to_thread(lambda: [count_events(FlumeFile.open(p))
+                                                                 for p in flume_files if _opens(p)])))
         try:
             tally = await Replay(self, files, keep, dry_run=dry_run, sink=sink, rate=rate, timeout=chunk_timeout,
                                  batch_events=batch_events, restamp=stamp == "now", flume=flume).run()
