@@ -675,6 +675,12 @@ class Converter:
                 sink.batch = (value, batch[1])
         self.kafka_routing(prefix, sink)
         self.kafka_producer(prefix, sink)
+        for rest in self.component_keys(prefix + "kafka."):
+            key = f"{prefix}kafka.{rest}"
+            known = ("bootstrap.servers", "topic", "flumeBatchSize")
+            if key not in self.used and not rest.startswith("producer.") and not _suggest(rest, known):
+                self.unconverted(key, "Flume 1.6 passed kafka.* to its old Scala producer; spillway has no such "
+                                 "setting (1.7+ producer settings are kafka.producer.*)")
         self.check_unknown(prefix, _KAFKA_SINK_KEYS, "KafkaSink")
         self.kafka_sinks.append(sink)
 

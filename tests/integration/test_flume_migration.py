@@ -189,11 +189,13 @@ def per_file_sum_minus_last(counts: list[int]) -> int:
     return sum(counts[:-1])
 
 
+@pytest.mark.parametrize("spelling", ["1.6", "1.7"])
 def test_worker_from_imported_flume_config_takes_flume_sdk_events_into_their_topics(
-        kafka_up, make_worker, tmp_path: Path) -> None:
+        kafka_up, make_worker, tmp_path: Path, spelling: str) -> None:
     default = unique("events-default")
-    props = (DATA / "edge-1.7.properties").read_text().replace("kafka.topic = events-default",
-                                                               f"kafka.topic = {default}")
+    props = (DATA / f"edge-{spelling}.properties").read_text().replace("topic = events-default",
+                                                                      f"topic = {default}")
+    assert default in props
     (tmp_path / "flume.properties").write_text(props)
     out = tmp_path / "spillway.toml"
     conv = spillway("import-flume", str(tmp_path / "flume.properties"), "-o", str(out), "--strict")

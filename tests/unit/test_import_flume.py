@@ -190,6 +190,14 @@ edge.sinkgroups.failover.processor.priority.dr = 7
     assert [c.name for c in settings.kafka.clusters] == ["kafka", "dr"]
 
 
+def test_flume_1_6_pass_through_producer_keys_are_reported() -> None:
+    text = (DATA / "edge-1.6.properties").read_text() + "edge.sinks.kafka-out.kafka.compression.codec = snappy\n"
+    result = convert(text)
+    assert [f.line() for f in result.unconverted] == [
+        "edge.sinks.kafka-out.kafka.compression.codec: Flume 1.6 passed kafka.* to its old Scala producer; "
+        "spillway has no such setting (1.7+ producer settings are kafka.producer.*)"]
+
+
 def test_acks_all_needs_no_note_and_secrets_are_never_written(tmp_path: Path) -> None:
     text = (DATA / "edge-1.7.properties").read_text().replace("kafka.producer.acks = 1", "kafka.producer.acks = all")
     result = convert(text)
