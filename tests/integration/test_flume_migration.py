@@ -153,6 +153,8 @@ def test_replay_sends_flumes_own_spilled_files_to_their_topics_with_keys_and_hea
     assert first.returncode == 1, first.stdout + first.stderr  # the torn file
     assert "torn last block" in first.stderr and torn.name in first.stderr, first.stderr
     sent = 1500 - lost
+    print(f"\nFlume wrote {len(files)} non-empty files per codec, blocks {per_file}; torn {torn.name}: "
+          f"its last block of {lost} events; replayed {sent} + 1 segment event")
     assert f"sent {sent + 1} event(s)" in first.stdout, first.stdout + first.stderr
 
     got: dict[str, list] = {}

@@ -251,8 +251,14 @@ def test_user_guide_kafka_producer_and_security_examples_load(tmp_path: Path) ->
     assert (k2["security_protocol"], k2["ssl_cafile"]) == ("SSL", "/path/to/truststore.cert.pem")
     assert (k3["security_protocol"], k3["sasl_mechanism"], k3["sasl_username"]) == ("SASL_SSL", "SCRAM-SHA-512",
                                                                                    "edge")
+    # What the operator does next: the PEM file from the commands in the comments (here a CA
+    # certificate openssl makes), and the password the TOML leaves out.
+    ca = tmp_path / "ca.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(tmp_path / "ca.key"),
+                    "-out", str(ca), "-days", "1", "-subj", "/CN=test-ca"], check=True, capture_output=True)
+    toml = result.toml.replace("/path/to/truststore.cert.pem", str(ca))
+    toml = toml.replace('sasl_username = "edge"', 'sasl_username = "edge"\nsasl_password = "test-only"')
     out = tmp_path / "s.toml"
-    out.write_text(result.toml)
-    Path("/path/to/truststore.cert.pem")  # the operator makes it with the commands in the comments
+    out.write_text(toml)
     settings = load_settings(out, env={})
     assert [c.name for c in settings.kafka.clusters] == ["kafka", "k2", "k3"]
