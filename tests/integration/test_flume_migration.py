@@ -123,6 +123,8 @@ def test_replay_sends_flumes_own_spilled_files_to_their_topics_with_keys_and_hea
             assert fastavro.block_reader(fh).metadata["avro.codec"] == codec
     # Flume's TEXT serializer kept the bodies only: without --topic replay says why, with it the lines go there.
     text_topic = unique("legacy")
+    listed = spillway("buffer", "ls", str(dirs["text"]), env=env)
+    assert listed.returncode == 0 and "a Flume TEXT or HEADER_AND_TEXT file?" in listed.stderr, listed.stderr
     no_topic = spillway("replay", str(dirs["text"]), env=env)
     assert no_topic.returncode == 1 and "keep no headers" in no_topic.stderr, no_topic.stderr
     text = spillway("replay", "--topic", text_topic, str(dirs["text"]), env=env)

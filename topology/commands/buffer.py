@@ -62,6 +62,12 @@ def scan_files(files: list[Path], router: Router | None = None) -> list[tuple[Pa
     return out
 
 
+def _found_in_directories(files: list[Path], paths: tuple[str, ...]) -> list[Path]:
+    """Those of ``files`` found in a directory, not named on the command line."""
+    given = {Path(p).resolve() for p in paths}
+    return [p for p in files if p.resolve() not in given]
+
+
 def _size(path: Path) -> int:
     try:
         return path.stat().st_size
@@ -130,7 +136,11 @@ async def buffer(self: SpillwayCommand, action: str, paths: tuple[str, ...], as_
     from topology.app import settings
     from topology.commands.replay import collect_inputs
 
-    files, _, _ = await asyncio.to_thread(collect_inputs, paths)
+    files, _, text = await asyncio.to_thread(collect_inputs, paths)
+    for path in await asyncio.to_thread(_found_in_directories, text, paths):
+        files.remove(path)
+        self.err(f"{path}: not an Avro file: a Flume TEXT or HEADER_AND_TEXT file? It keeps no headers; "
+                 f"`spillway replay --topic T {path}` sends its lines to T")
     scans = await asyncio.to_thread(scan_files, files, Router(settings.router))
     as_json = as_json or self.json
     if action == "verify":
