@@ -32,6 +32,7 @@ from aiokafka.partitioner import murmur2
 from aiokafka.protocol.metadata import MetadataRequest
 from aiokafka.structs import TopicPartition
 
+from agents.kafka_auth import explain, kafka_auth
 from agents.records import Delivery, Record
 from core.errors import SinkError, SinkRefused
 from core.settings import KafkaSettings
@@ -278,21 +279,22 @@ class KafkaSink:
 
     def _build(self) -> AIOKafkaProducer:
         s = self.settings
-        timeout_ms = int(s.request_timeout * 1000)
+        p = s.producer
         self.producers_built += 1
         return AIOKafkaProducer(
             bootstrap_servers=s.bootstrap_servers,
             client_id=s.client_id,
             acks="all",
             enable_idempotence=True,
-            request_timeout_ms=timeout_ms,
-            retry_backoff_ms=100,
-            linger_ms=int(s.linger * 1000),
-            max_batch_size=s.max_batch_bytes,
-            max_request_size=max(s.max_batch_bytes + 4096, 1_048_576),
-            compression_type=None if s.compression == "none" else s.compression,
-            metadata_max_age_ms=int(s.metadata_max_age * 1000),
-            connections_max_idle_ms=540_000,
+            request_timeout_ms=p.request_timeout_ms,
+            retry_backoff_ms=p.retry_backoff_ms,
+            linger_ms=p.linger_ms,
+            max_batch_size=p.max_batch_size,
+            max_request_size=p.request_size(),
+            compression_type=None if p.compression_type == "none" else p.compression_type,
+            metadata_max_age_ms=p.metadata_max_age_ms,
+            connections_max_idle_ms=p.connections_max_idle_ms or None,
+            **kafka_auth(s),
         )
 
     @property
@@ -308,7 +310,7 @@ class KafkaSink:
         self.producers = [self._build() for _ in range(self.settings.producers)]
         self.generations = [0] * len(self.producers)
         try:
-            await asyncio.wait_for(asyncio.gather(*(p.start() for p in self.producers)),
+            await asyncio.wait_for(asyncio.gather(*(self._start_producer(p) for p in self.producers)),
                                    self.settings.request_timeout)
         except (KafkaError, OSError, asyncio.TimeoutError) as exc:
             logger.warning("kafka sink: Kafka at %s is not reachable at start (%s)",
@@ -341,7 +343,20 @@ class KafkaSink:
                     self._swap(i)
                     producer, task = self.producers[i], None
                 if task is None:
-                    await producer.start()
+                    await self._start_producer(producer)
+
+    async def _start_producer(self, producer: AIOKafkaProducer) -> None:
+        """Start a producer. When it cannot bootstrap because the broker refuses our TLS or SASL
+        settings (aiokafka says only "Unable to bootstrap"), raise a KafkaAuthError naming why."""
+        try:
+            await producer.start()
+        except kafka_errors.KafkaConnectionError as exc:
+            if self.settings.security_protocol == "PLAINTEXT":
+                raise
+            why = await explain(self.settings, self.settings.request_timeout)
+            if why is None:
+                raise
+            raise why from exc
 
     async def _check_topic(self, topic: str) -> None:
         """Ask Kafka whether ``topic`` can be written; raise SinkRefused when it says no for good.

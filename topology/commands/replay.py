@@ -38,6 +38,7 @@ from agents.flume_files import (
     record_chunks,
     series_order,
 )
+from agents.kafka_auth import explain
 from agents.kafka_sink import KafkaSink
 from agents.records import Delivery, Record
 from agents.router import Router
@@ -466,7 +467,9 @@ async def replay(self: SpillwayCommand, paths: tuple[str, ...], topics: tuple[st
         await sink.start()
     try:
         if sink is not None and not await sink.probe(sink.settings.request_timeout):
-            raise CommandError(f"Kafka at {sink.settings.bootstrap_servers} is not reachable; nothing replayed", 1)
+            why = await explain(sink.settings, sink.settings.request_timeout)  # a refused password or certificate
+            raise CommandError(f"Kafka at {sink.settings.bootstrap_servers} is not reachable"
+                               f"{'' if why is None else f' ({why})'}; nothing replayed", 1)
         flume = None
         if flume_files or text_files:
             try:
