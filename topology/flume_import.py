@@ -15,7 +15,8 @@ Pure: properties text in, TOML text and findings out; no I/O, no Faust. What con
 - Flume's interceptors that spillway has (``[[interceptors]]``);
 - memory and file channels, reported as what they mean here.
 
-Everything else is a :class:`Finding`: ``unconverted`` (the property and why: a sink
+The KafkaSink part is :mod:`topology.flume_kafka`; the properties parser, the tables and
+their rendering are :mod:`topology.flume_toml`. Everything else is a :class:`Finding`: ``unconverted`` (the property and why: a sink
 type spillway lacks, a load_balance group, Morphline, an unknown or misspelt key) or a
 ``note`` (what a converted value means here, e.g. acks upgraded to all). Secrets
 (keystore and SASL passwords) are never written out: the TOML says which environment
@@ -24,176 +25,39 @@ variable to set instead.
 
 from __future__ import annotations
 
-import difflib
 import re
 import shlex
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import PurePosixPath
-from typing import Any, Literal
 
-from jproperties import Properties  # type: ignore[import-untyped]
+from topology.flume_kafka import KafkaSinks, KafkaSinkTables
+from topology.flume_toml import (
+    AGENT_KEYS,
+    Conversion,
+    Finding,
+    FlumeImportError,
+    SeveralAgents,
+    Table,
+    agents_in,
+    flume_bool,
+    keystore_commands,
+    parse_properties,
+    pem_paths,
+    render,
+    split_names,
+    suggest,
+)
 
-from core.settings import TOPIC_RE
-
-#: the agent-level keys Flume reads
-AGENT_KEYS = ("sources", "sinks", "channels", "sinkgroups", "configfilters")
+__all__ = ["Conversion", "Finding", "FlumeImportError", "SeveralAgents", "convert", "parse_properties"]
 
 _KAFKA_SINK_TYPES = {"org.apache.flume.sink.kafka.kafkasink"}
 _FILE_ROLL_TYPES = {"file_roll", "org.apache.flume.sink.rollingfilesink"}
 _THRIFT_SOURCE_TYPES = {"thrift", "org.apache.flume.source.thriftsource"}
 
-
-class FlumeImportError(Exception):
-    """The file cannot be converted at all (not properties, no such agent, several agents)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Finding:
-    """One thing said about a Flume property: ``unconverted`` (with --strict, exit 1) or a ``note``."""
-
-    prop: str
-    reason: str
-    kind: Literal["unconverted", "note"] = "unconverted"
-
-    def line(self) -> str:
-        return f"{self.prop}: {self.reason}"
-
-
-@dataclass
-class Table:
-    """One TOML table of the output: its items cite the Flume property each came from."""
-
-    header: str
-    array: bool = False
-    comments: list[str] = field(default_factory=list)
-    items: list[tuple[str, Any, str]] = field(default_factory=list)
-
-    def set(self, key: str, value: Any, cite: str) -> None:
-        self.items = [item for item in self.items if item[0] != key]
-        self.items.append((key, value, cite))
-
-
-@dataclass
-class Conversion:
-    agent: str
-    toml: str
-    findings: list[Finding]
-    replay_directories: list[str]
-
-    @property
-    def unconverted(self) -> list[Finding]:
-        return [f for f in self.findings if f.kind == "unconverted"]
-
-    @property
-    def notes(self) -> list[Finding]:
-        return [f for f in self.findings if f.kind == "note"]
-
-
-# -- properties -----------------------------------------------------------------------------------
-
-
-def parse_properties(text: str) -> dict[str, str]:
-    """A java.util.Properties text (``=``, ``:`` or blanks between key and value, ``#``/``!``
-    comments, ``\\`` line continuations and escapes); the last of a repeated key wins, as in Java."""
-    props = Properties()
-    try:
-        props.load(text)
-    except Exception as exc:  # jproperties raises its own ParseError and others on bad escapes
-        raise FlumeImportError(f"not a Java properties file: {exc}") from None
-    return {str(k): str(v.data) for k, v in props.items()}
-
-
-def agents_in(props: Mapping[str, str]) -> list[str]:
-    """The agent names a file configures (``<agent>.sources`` / ``.sinks`` / ``.channels`` ...)."""
-    names = {key.split(".", 1)[0] for key in props if key.count(".") >= 1 and key.split(".")[1] in AGENT_KEYS}
-    return sorted(names)
-
-
-def _names(value: str) -> list[str]:
-    return value.split()
-
-
-def _bool(value: str) -> bool:
-    """Flume's Context.getBoolean: Java's Boolean.parseBoolean (``true`` in any case, else false)."""
-    return value.strip().lower() == "true"
-
-
-def _suggest(word: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _quote(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_quote(v) for v in value) + "]"
-    text = str(value)
-    out = ['"']
-    for ch in text:
-        if ch in '"\\':
-            out.append("\\" + ch)
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\t":
-            out.append("\\t")
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\u{ord(ch):04x}")
-        else:
-            out.append(ch)
-    out.append('"')
-    return "".join(out)
-
-
-def render(tables: Iterable[Table], preamble: Iterable[str]) -> str:
-    lines = [f"# {line}" if line else "#" for line in preamble]
-    for table in tables:
-        if not table.items and not table.comments:
-            continue
-        lines.append("")
-        lines += [f"# {c}" if c else "#" for c in table.comments]
-        if not table.items:
-            continue
-        lines.append(f"[[{table.header}]]" if table.array else f"[{table.header}]")
-        cells = [(f"{key} = {_quote(value)}", cite) for key, value, cite in table.items]
-        width = max(len(text) for text, _ in cells)
-        lines += [f"{text.ljust(width)}  # {cite}" if cite else text for text, cite in cells]
-    return "\n".join(lines) + "\n"
-
-
-# -- the components -------------------------------------------------------------------------------
-
-#: kafka.producer.<Java name> -> [kafka.producer] key (issue 10's table), parse
-_PRODUCER_KEYS: Mapping[str, tuple[str, Callable[[str], Any]]] = {
-    "compression.type": ("compression_type", lambda v: v.strip().lower()),
-    "linger.ms": ("linger_ms", int),
-    "batch.size": ("max_batch_size", int),
-    "max.request.size": ("max_request_size", int),
-    "request.timeout.ms": ("request_timeout_ms", int),
-    "metadata.max.age.ms": ("metadata_max_age_ms", int),
-}
-#: producer keys that need nothing here, and why
-_PRODUCER_NEEDLESS: Mapping[str, str] = {
-    "key.serializer": "spillway sends the key header's bytes as the record key",
-    "value.serializer": "spillway sends the event body's bytes as the record value",
-    "retries": "spillway's producer retries until failover.timeout, then the next cluster or the disk buffer",
-    "max.in.flight.requests.per.connection": "spillway's producer is idempotent, which keeps order",
-    "buffer.memory": "spillway holds no events in memory that are not acknowledged",
-}
-_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
-_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
-
 _THRIFT_KEYS = ("type", "channels", "bind", "port", "protocol", "threads", "ssl", "keystore", "keystore-password",
                 "keystore-type", "exclude-protocols", "include-protocols", "exclude-cipher-suites",
                 "include-cipher-suites", "kerberos", "agent-principal", "agent-keytab", "interceptors",
                 "selector.type")
-_KAFKA_SINK_KEYS = ("type", "channel", "brokerList", "topic", "requiredAcks", "batchSize",
-                    "kafka.bootstrap.servers", "kafka.topic", "flumeBatchSize", "kafka.flumeBatchSize",
-                    "useFlumeEventFormat", "defaultPartitionId", "partitionIdHeader", "allowTopicOverride",
-                    "topicHeader", "timestampHeader")
 _FILE_ROLL_KEYS = ("type", "channel", "sink.directory", "sink.pathManager", "sink.pathManager.extension",
                    "sink.pathManager.prefix", "sink.rollInterval", "sink.serializer", "sink.batchSize",
                    "sink.serializer.compressionCodec", "sink.serializer.syncIntervalBytes")
@@ -230,103 +94,26 @@ _INTERCEPTOR_KEYS: Mapping[str, Mapping[str, tuple[str, str]]] = {
 }
 
 
-def _pem_paths(keystore: str) -> tuple[str, str, str]:
-    """(PKCS12 file, certificate PEM, key PEM) next to a keystore."""
-    path = PurePosixPath(keystore)
-    stem = path.with_suffix("") if path.suffix else path
-    return f"{stem}.p12", f"{stem}.cert.pem", f"{stem}.key.pem"
-
-
-def keystore_commands(keystore: str, store_type: str, password_env: str, *, with_key: bool = True) -> list[str]:
-    """The commands that turn a Java keystore into the PEM files spillway reads (password from
-    the environment variable ``password_env``, never written out)."""
-    p12, cert, key = _pem_paths(keystore)
-    out: list[str] = []
-    if store_type.upper() != "PKCS12":
-        out.append(f"keytool -importkeystore -srckeystore {shlex.quote(keystore)} -srcstoretype {store_type.upper()} "
-                   f"-srcstorepass:env {password_env} -destkeystore {shlex.quote(p12)} -deststoretype PKCS12 "
-                   f"-deststorepass:env {password_env}")
-    else:
-        p12 = keystore
-    out.append(f"openssl pkcs12 -in {shlex.quote(p12)} -passin env:{password_env} -nokeys "
-               f"-out {shlex.quote(cert)}")
-    if with_key:
-        out.append(f"openssl pkcs12 -in {shlex.quote(p12)} -passin env:{password_env} -nocerts -nodes "
-                   f"-out {shlex.quote(key)} && chmod 600 {shlex.quote(key)}")
-    return out
-
-
-@dataclass
-class _KafkaSink:
-    name: str
-    prefix: str
-    kafka: Table
-    producer: Table
-    default_topic: tuple[str, str] | None = None  # (topic, cited property)
-    topic_header: tuple[str, str] | None = None
-    batch: tuple[int, str] | None = None
-
-
-class Converter:
+class Converter(KafkaSinks):
     """One agent's properties into tables and findings."""
 
     def __init__(self, props: Mapping[str, str], agent: str, source_name: str = "flume.properties") -> None:
-        self.props = props
-        self.agent = agent
+        super().__init__(props, agent)
         self.source_name = source_name
-        self.a = f"{agent}."
-        self.used: set[str] = set()
-        self.findings: list[Finding] = []
         self.thrift = Table("source.thrift")
         self.router = Table("router")
         self.failover = Table("failover")
         self.buffer = Table("buffer")
         self.drain = Table("drain")
         self.interceptors: list[Table] = []
-        self.kafka_sinks: list[_KafkaSink] = []
+        self.kafka_sinks: list[KafkaSinkTables] = []
         self.replay_directories: list[str] = []
         self.closing: list[str] = []
-
-    # -- helpers
-
-    def get(self, key: str) -> str | None:
-        """A property by its full key (marked as read)."""
-        if key in self.props:
-            self.used.add(key)
-            return self.props[key].strip()
-        return None
-
-    def unconverted(self, prop: str, reason: str) -> None:
-        self.used.add(prop)
-        self.findings.append(Finding(prop, reason))
-
-    def note(self, prop: str, reason: str) -> None:
-        self.used.add(prop)
-        self.findings.append(Finding(prop, reason, "note"))
-
-    def component_keys(self, prefix: str) -> list[str]:
-        return sorted(k[len(prefix):] for k in self.props if k.startswith(prefix))
-
-    def check_unknown(self, prefix: str, known: Iterable[str], what: str) -> None:
-        """Every property under ``prefix`` not read yet: unknown, with the nearest known key."""
-        known = list(known)
-        for rest in self.component_keys(prefix):
-            key = prefix + rest
-            if key in self.used:
-                continue
-            self.unconverted(key, f"unknown {what} property{_suggest(rest, known)}; Flume ignores it too")
-
-    def int_value(self, key: str, value: str) -> int | None:
-        try:
-            return int(value)
-        except ValueError:
-            self.unconverted(key, f"{value!r} is not an integer (Flume refuses it too)")
-            return None
 
     # -- the agent
 
     def convert(self) -> Conversion:
-        declared = {kind: _names(self.get(self.a + kind) or "") for kind in AGENT_KEYS}
+        declared = {kind: split_names(self.get(self.a + kind) or "") for kind in AGENT_KEYS}
         if not any(declared[k] for k in ("sources", "sinks", "channels")):
             raise FlumeImportError(f"agent {self.agent!r} declares no sources, sinks or channels")
         for name in declared["configfilters"]:
@@ -349,9 +136,9 @@ class Converter:
                 listed = declared.get(kind, [])
                 if parts[1] not in listed:
                     self.unconverted(key, f"{parts[1]!r} is not listed in {self.a}{kind}"
-                                     f"{_suggest(parts[1], listed)}; Flume ignores it")
+                                     f"{suggest(parts[1], listed)}; Flume ignores it")
                     continue
-            self.unconverted(key, f"unknown agent property{_suggest(kind, AGENT_KEYS)}; Flume ignores it")
+            self.unconverted(key, f"unknown agent property{suggest(kind, AGENT_KEYS)}; Flume ignores it")
 
     # -- channels
 
@@ -459,12 +246,12 @@ class Converter:
             if self.get(prefix + key) is not None:
                 self.unconverted(prefix + key, "spillway takes Python's TLS defaults (TLS 1.2 and later, "
                                  "its cipher suites); there is no setting for this")
-        if self.get(prefix + "kerberos") is not None and _bool(self.props[prefix + "kerberos"]):
+        if self.get(prefix + "kerberos") is not None and flume_bool(self.props[prefix + "kerberos"]):
             self.unconverted(prefix + "kerberos", "Kerberos (SASL) on the Thrift source is not supported")
         for key in ("agent-principal", "agent-keytab"):
             if self.get(prefix + key) is not None:
                 self.unconverted(prefix + key, "Kerberos on the Thrift source is not supported")
-        if ssl is None or not _bool(ssl):
+        if ssl is None or not flume_bool(ssl):
             for key, value in (("keystore", keystore), ("keystore-password", password)):
                 if value is not None:
                     self.note(prefix + key, "ssl is not true: Flume does not use it, nor does spillway")
@@ -473,7 +260,7 @@ class Converter:
             self.unconverted(prefix + "ssl", "TLS with Flume's global keystore (-Djavax.net.ssl.keyStore): name "
                              "the PEM files in source.thrift.tls_certfile and tls_keyfile by hand")
             return
-        _, cert, key = _pem_paths(keystore)
+        _, cert, key = pem_paths(keystore)
         env = "FLUME_KEYSTORE_PASSWORD"
         self.thrift.set("tls_certfile", cert, f"{prefix}keystore, as PEM (see the commands above)")
         self.thrift.set("tls_keyfile", key, f"{prefix}keystore, as PEM")
@@ -491,8 +278,8 @@ class Converter:
     # -- interceptors
 
     def interceptor_chain(self, prefix: str) -> None:
-        names = _names(self.get(prefix + "interceptors") or "")
-        for name in names:
+        chain = split_names(self.get(prefix + "interceptors") or "")
+        for name in chain:
             ip = f"{prefix}interceptors.{name}."
             raw = self.get(ip + "type")
             kind = _INTERCEPTOR_TYPES.get((raw or "").lower())
@@ -514,7 +301,7 @@ class Converter:
                 if how == "bool":
                     if value.lower() not in ("true", "false"):
                         self.note(ip + flume_key, f"{value!r} is not true or false: Flume reads it as false")
-                    table.set(key, _bool(value), f"{ip}{flume_key}")
+                    table.set(key, flume_bool(value), f"{ip}{flume_key}")
                 else:
                     table.set(key, self.props[ip + flume_key], f"{ip}{flume_key}")
             if not self.interceptor_fits(kind, ip, table):
@@ -526,7 +313,7 @@ class Converter:
             if key not in self.used:
                 iname = rest.split(".")[0]
                 self.unconverted(key, f"interceptor {iname!r} is not listed in {prefix}interceptors"
-                                 f"{_suggest(iname, names)}; Flume ignores it")
+                                 f"{suggest(iname, chain)}; Flume ignores it")
 
     def interceptor_fits(self, kind: str, ip: str, table: Table) -> bool:
         """Fill in Flume's defaults spillway does not share; False (reported) when it cannot apply."""
@@ -584,7 +371,7 @@ class Converter:
         grouped: list[str] = []
         for group in groups:
             gp = f"{self.a}sinkgroups.{group}."
-            members = _names(self.get(gp + "sinks") or "")
+            members = split_names(self.get(gp + "sinks") or "")
             processor = (self.get(gp + "processor.type") or "default").lower()
             if processor == "load_balance":
                 self.unconverted(gp + "processor.type", "a load_balance group: spillway sends to the "
@@ -629,164 +416,6 @@ class Converter:
                                          "shared their channel's events in Flume; here they are failover "
                                          "targets after the group's, in the order listed", "note"))
         return grouped + loose, cites
-
-    def kafka_sink(self, name: str, prefix: str, rank: int, prio: str) -> None:
-        header = "kafka" if rank == 0 else "kafka.secondary"
-        sink = _KafkaSink(name, prefix, Table(header, array=rank > 0),
-                          Table("kafka.producer" if rank == 0 else "kafka.secondary.producer"))
-        where = f"{prefix}type" + (f" ({prio})" if prio else "")
-        sink.kafka.comments.append(f"KafkaSink {name!r}: " + ("the primary cluster" if rank == 0 else
-                                   f"failover cluster {rank}, tried after the ones above") + f"  [{where}]")
-        if rank > 0:
-            label = re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:64] or f"kafka{rank}"
-            sink.kafka.set("name", label, f"{prefix[:-1]} (the sink's name)")
-        self.get(prefix + "channel")
-        servers = self.pick(prefix, "kafka.bootstrap.servers", "brokerList")
-        if servers is not None:
-            sink.kafka.set("bootstrap_servers", ",".join(s.strip() for s in servers[0].split(",")), servers[1])
-        else:
-            self.unconverted(prefix + "kafka.bootstrap.servers", "required by Flume and missing "
-                             "(or brokerList in 1.6)")
-        topic = self.pick(prefix, "kafka.topic", "topic")
-        if topic is None:
-            sink.default_topic = ("default-flume-topic", f"{prefix}kafka.topic is unset: Flume's default")
-        elif "%{" in topic[0]:
-            self.unconverted(topic[1], f"{topic[0]!r}: a topic made from headers is not supported; spillway "
-                             "takes the topic from one header (router.topic_header), else router.default_topic")
-        elif not TOPIC_RE.match(topic[0]) or topic[0].startswith("__"):
-            self.unconverted(topic[1], f"{topic[0]!r} is not a valid Kafka topic name")
-        else:
-            sink.default_topic = topic
-        acks = self.pick(prefix, "kafka.producer.acks", "requiredAcks")
-        if acks is None:
-            self.note(prefix + "kafka.producer.acks", "unset: Flume waited for the leader only (acks=1); spillway "
-                      "always waits for all in-sync replicas (acks=all)")
-        elif acks[0].lower() not in ("all", "-1"):
-            self.note(acks[1], f"acks={acks[0]} is weaker than all: upgraded, spillway always waits for all "
-                      "in-sync replicas")
-        batch = self.pick(prefix, "flumeBatchSize", "batchSize")
-        if batch is None and self.get(prefix + "kafka.flumeBatchSize") is not None:
-            self.note(prefix + "kafka.flumeBatchSize", "Flume itself ignores this key (it reads flumeBatchSize, "
-                      "as the User Guide's property table says); taken as flumeBatchSize")
-            batch = (self.props[prefix + "kafka.flumeBatchSize"], prefix + "kafka.flumeBatchSize")
-        if batch is not None:
-            value = self.int_value(batch[1], batch[0])
-            if value is not None and value > 0:
-                sink.batch = (value, batch[1])
-        self.kafka_routing(prefix, sink)
-        self.kafka_producer(prefix, sink)
-        for rest in self.component_keys(prefix + "kafka."):
-            key = f"{prefix}kafka.{rest}"
-            known = ("bootstrap.servers", "topic", "flumeBatchSize")
-            if key not in self.used and not rest.startswith("producer.") and not _suggest(rest, known):
-                self.unconverted(key, "Flume 1.6 passed kafka.* to its old Scala producer; spillway has no such "
-                                 "setting (1.7+ producer settings are kafka.producer.*)")
-        self.check_unknown(prefix, _KAFKA_SINK_KEYS, "KafkaSink")
-        self.kafka_sinks.append(sink)
-
-    def pick(self, prefix: str, new: str, old: str) -> tuple[str, str] | None:
-        """The 1.7+ key, else the 1.6 one: (value, cited property)."""
-        value = self.get(prefix + new)
-        legacy = self.get(prefix + old)
-        if value is not None:
-            if legacy is not None:
-                self.note(prefix + old, f"Flume 1.6 spelling, overridden by {prefix}{new}")
-            return value, prefix + new
-        if legacy is not None:
-            return legacy, f"{prefix}{old} (Flume 1.6 spelling)"
-        return None
-
-    def kafka_routing(self, prefix: str, sink: _KafkaSink) -> None:
-        header = self.get(prefix + "topicHeader")
-        if header is not None:
-            sink.topic_header = (header, prefix + "topicHeader")
-        allow = self.get(prefix + "allowTopicOverride")
-        if allow is not None and not _bool(allow):
-            self.unconverted(prefix + "allowTopicOverride", "false: Flume sent every event to the sink's topic; "
-                             "spillway always honours the topic header (router.allowed_topics can refuse others)")
-        if self.get(prefix + "useFlumeEventFormat") is not None and _bool(self.props[prefix + "useFlumeEventFormat"]):
-            self.unconverted(prefix + "useFlumeEventFormat", "spillway writes the body as the record value and "
-                             "the headers as Kafka record headers, not Flume's Avro event format")
-        for key in ("partitionIdHeader", "defaultPartitionId"):
-            if self.get(prefix + key) is not None:
-                self.unconverted(prefix + key, "fixed partitions are not supported: records are partitioned by "
-                                 "their key, like Kafka's Java client")
-        if self.get(prefix + "timestampHeader") is not None:
-            self.unconverted(prefix + "timestampHeader", "the record timestamp is the time spillway received the "
-                             "event, not a header")
-        for rest in self.component_keys(prefix + "header."):
-            self.note(prefix + "header." + rest, "not needed: spillway sends every event header as a Kafka "
-                      "record header")
-
-    def kafka_producer(self, prefix: str, sink: _KafkaSink) -> None:
-        pp = prefix + "kafka.producer."
-        secret = ("set SPILLWAY_KAFKA_SASL_PASSWORD, or kafka.sasl_password_file" if sink.kafka.header == "kafka"
-                  else "set sasl_password_file (or sasl_password) in this table")
-        for rest in self.component_keys(pp):
-            key = pp + rest
-            if key in self.used:
-                continue
-            value = self.get(key) or ""
-            if rest in _PRODUCER_KEYS:
-                name, parse = _PRODUCER_KEYS[rest]
-                try:
-                    sink.producer.set(name, parse(value), key)
-                except ValueError:
-                    self.unconverted(key, f"{value!r} is not an integer")
-            elif rest == "client.id":
-                sink.kafka.set("client_id", value, key)
-            elif rest == "enable.idempotence":
-                if not _bool(value):
-                    self.note(key, "false: upgraded, spillway's producer is always idempotent")
-            elif rest in _PRODUCER_NEEDLESS:
-                self.note(key, f"not needed: {_PRODUCER_NEEDLESS[rest]}")
-            elif rest == "security.protocol":
-                if value.upper() in _SECURITY_PROTOCOLS:
-                    sink.kafka.set("security_protocol", value.upper(), key)
-                else:
-                    self.unconverted(key, f"{value!r} is not one of {', '.join(_SECURITY_PROTOCOLS)}")
-            elif rest == "sasl.mechanism":
-                if value.upper() in _SASL_MECHANISMS:
-                    sink.kafka.set("sasl_mechanism", value.upper(), key)
-                else:
-                    self.unconverted(key, f"SASL mechanism {value!r} is not supported (spillway has "
-                                     f"{', '.join(_SASL_MECHANISMS)}; no Kerberos/GSSAPI)")
-            elif rest == "sasl.jaas.config":
-                user = re.search(r'username\s*=\s*"([^"]*)"', value)
-                if user and re.search(r"(Plain|Scram)LoginModule", value):
-                    sink.kafka.set("sasl_username", user.group(1), f"{key} (username)")
-                    sink.kafka.comments.append(f"sasl_password: from {key}, not copied here: {secret}")
-                    self.note(key, "the password is not written out: set it in the environment or a file")
-                else:
-                    self.unconverted(key, "only PlainLoginModule/ScramLoginModule with username and password "
-                                     "convert")
-            elif rest in ("ssl.truststore.location", "ssl.keystore.location"):
-                self.kafka_store(pp, rest, value, sink)
-            elif rest in ("ssl.truststore.type", "ssl.keystore.type", "ssl.truststore.password",
-                          "ssl.keystore.password", "ssl.key.password"):
-                self.used.add(key)  # used by kafka_store's commands
-            elif rest == "ssl.disableTLSHostnameVerification":
-                if _bool(value):
-                    sink.kafka.set("ssl_check_hostname", False, key)
-            else:
-                self.unconverted(key, "no such producer setting in spillway ([kafka.producer] has "
-                                 f"{', '.join(k for k, _ in _PRODUCER_KEYS.values())})")
-
-    def kafka_store(self, pp: str, rest: str, location: str, sink: _KafkaSink) -> None:
-        trust = rest.startswith("ssl.truststore")
-        kind = "truststore" if trust else "keystore"
-        store_type = self.props.get(f"{pp}ssl.{kind}.type", "JKS").strip()
-        env = f"FLUME_KAFKA_{kind.upper()}_PASSWORD"
-        _, cert, key = _pem_paths(location)
-        cmds = keystore_commands(location, store_type, env, with_key=not trust)
-        if trust:
-            sink.kafka.set("ssl_cafile", cert, f"{pp}{rest}, as PEM (see the commands above)")
-        else:
-            sink.kafka.set("ssl_certfile", cert, f"{pp}{rest}, as PEM")
-            sink.kafka.set("ssl_keyfile", key, f"{pp}{rest}, as PEM")
-        sink.kafka.comments += [f"Kafka TLS: PEM files from the Java {kind} {location} ({pp}{rest}), with its "
-                                f"password in {env}:", f"  read -rs {env} && export {env}",
-                                *(f"  {cmd}" for cmd in cmds)]
 
     def file_roll(self, prefix: str, second: bool) -> None:
         self.get(prefix + "channel")
@@ -853,7 +482,7 @@ class Converter:
         tables += [self.failover, self.buffer, self.drain, *self.interceptors]
         preamble = [f"spillway configuration for Flume agent {self.agent!r} of {self.source_name},",
                     "written by `spillway import-flume`. Each key cites the Flume property it came from;",
-                    "every other key keeps spillway's default (config/spillway.toml documents them all).",
+                    "every other key keeps spillway's default (`spillway init` writes them all, documented).",
                     "Check it with: spillway check-config THIS_FILE"]
         body = render(tables, preamble)
         if self.closing:
@@ -873,11 +502,5 @@ def convert(text: str, agent: str | None = None, source_name: str = "flume.prope
             raise SeveralAgents(found)
         agent = found[0]
     elif agent not in found:
-        raise FlumeImportError(f"no agent {agent!r} in this file{_suggest(agent, found)}; it has: {', '.join(found)}")
+        raise FlumeImportError(f"no agent {agent!r} in this file{suggest(agent, found)}; it has: {', '.join(found)}")
     return Converter(props, agent, source_name).convert()
-
-
-class SeveralAgents(FlumeImportError):
-    def __init__(self, agents: list[str]) -> None:
-        super().__init__(f"this file configures {len(agents)} agents: {', '.join(agents)}; pick one with --agent")
-        self.agents = agents
