@@ -16,9 +16,10 @@ Pure: properties text in, TOML text and findings out; no I/O, no Faust. What con
 - memory and file channels, reported as what they mean here.
 
 The KafkaSink part is :mod:`topology.flume_kafka`; the properties parser, the tables and
-their rendering are :mod:`topology.flume_toml`. Everything else is a :class:`Finding`: ``unconverted`` (the property and why: a sink
-type spillway lacks, a load_balance group, Morphline, an unknown or misspelt key) or a
-``note`` (what a converted value means here, e.g. acks upgraded to all). Secrets
+their rendering are :mod:`topology.flume_toml`. Everything else is a :class:`Finding`:
+``unconverted`` (the property and why: a sink type spillway lacks, a load_balance group,
+Morphline, an unknown or misspelt key) or a ``note`` (what a converted value means here,
+e.g. acks upgraded to all). Secrets
 (keystore and SASL passwords) are never written out: the TOML says which environment
 variable to set instead.
 """
