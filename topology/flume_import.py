@@ -124,6 +124,11 @@ class Converter(KafkaSinks):
         self.sources(declared["sources"])
         self.sinks(declared["sinks"], declared["sinkgroups"])
         self.stray(declared)
+        for key in sorted(k for k in self.used if "${" in self.props.get(k, "")):
+            self.findings.append(Finding(key, "copied as written: Flume replaces ${...} with an environment "
+                                         "variable only when started with -DpropertiesImplementation="
+                                         "org.apache.flume.node.EnvVarResolverProperties; spillway does not "
+                                         "(override the key with its SPILLWAY_* variable instead)", "note"))
         return self.result()
 
     def stray(self, declared: Mapping[str, list[str]]) -> None:

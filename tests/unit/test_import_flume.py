@@ -198,6 +198,19 @@ def test_flume_1_6_pass_through_producer_keys_are_reported() -> None:
         "spillway has no such setting (1.7+ producer settings are kafka.producer.*)"]
 
 
+def test_an_environment_variable_reference_is_copied_and_said_so(tmp_path: Path) -> None:
+    text = (DATA / "edge-1.7.properties").read_text().replace("kafka.topic = events-default",
+                                                            "kafka.topic = ${TOPIC}")
+    result = convert(text)
+    assert any(f.prop == "edge.sinks.kafka-out.kafka.topic" and "not a valid Kafka topic name" in f.reason
+               for f in result.unconverted)
+    text = (DATA / "edge-1.7.properties").read_text() + \
+        "edge.sources.thrift-in.bind = ${BIND_ADDRESS}\n"
+    result = convert(text)
+    assert [f.prop for f in result.notes if "${...}" in f.reason] == ["edge.sources.thrift-in.bind"]
+    assert 'host = "${BIND_ADDRESS}"' in result.toml
+
+
 def test_acks_all_needs_no_note_and_secrets_are_never_written(tmp_path: Path) -> None:
     text = (DATA / "edge-1.7.properties").read_text().replace("kafka.producer.acks = 1", "kafka.producer.acks = all")
     result = convert(text)
