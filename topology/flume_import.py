@@ -105,7 +105,6 @@ class Converter(KafkaSinks):
         self.router = Table("router")
         self.failover = Table("failover")
         self.buffer = Table("buffer")
-        self.drain = Table("drain")
         self.interceptors: list[Table] = []
         self.kafka_sinks: list[KafkaSinkTables] = []
         self.replay_directories: list[str] = []
@@ -473,9 +472,6 @@ class Converter(KafkaSinks):
                 self.router.set("topic_header", *primary.topic_header)
             self.router.set("key_header", "key",
                             f"{primary.prefix[:-1]}: Flume's KafkaSink keys records by this header")
-            if primary.batch is not None:
-                self.drain.set("batch_events", primary.batch[0], f"{primary.batch[1]} (events per Kafka send; "
-                               "live traffic goes as each client call's batch)")
             for other in self.kafka_sinks[1:]:
                 for attr, what in (("default_topic", "topic"), ("topic_header", "topicHeader")):
                     mine, theirs = getattr(other, attr), getattr(primary, attr)
@@ -485,7 +481,7 @@ class Converter(KafkaSinks):
         tables += [self.router]
         for sink in self.kafka_sinks:
             tables += [sink.kafka, sink.producer]
-        tables += [self.failover, self.buffer, self.drain, *self.interceptors]
+        tables += [self.failover, self.buffer, *self.interceptors]
         preamble = [f"spillway configuration for Flume agent {self.agent!r} of {self.source_name},",
                     "written by `spillway import-flume`. Each key cites the Flume property it came from;",
                     "every other key keeps spillway's default (`spillway init` writes them all, documented).",

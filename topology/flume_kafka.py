@@ -23,6 +23,8 @@ _PRODUCER_KEYS: Mapping[str, tuple[str, Callable[[str], Any]]] = {
     "max.request.size": ("max_request_size", int),
     "request.timeout.ms": ("request_timeout_ms", int),
     "metadata.max.age.ms": ("metadata_max_age_ms", int),
+    "retry.backoff.ms": ("retry_backoff_ms", int),
+    "connections.max.idle.ms": ("connections_max_idle_ms", int),
 }
 #: producer keys that need nothing here, and why
 _PRODUCER_NEEDLESS: Mapping[str, str] = {
@@ -51,7 +53,6 @@ class KafkaSinkTables:
     producer: Table
     default_topic: tuple[str, str] | None = None  # (topic, cited property)
     topic_header: tuple[str, str] | None = None
-    batch: tuple[int, str] | None = None
 
 
 class KafkaSinks(PropertyReader):
@@ -98,10 +99,10 @@ class KafkaSinks(PropertyReader):
             self.note(prefix + "kafka.flumeBatchSize", "Flume itself ignores this key (it reads flumeBatchSize, "
                       "as the User Guide's property table says); taken as flumeBatchSize")
             batch = (self.props[prefix + "kafka.flumeBatchSize"], prefix + "kafka.flumeBatchSize")
-        if batch is not None:
-            value = self.int_value(batch[1], batch[0])
-            if value is not None and value > 0:
-                sink.batch = (value, batch[1])
+        if batch is not None and self.int_value(batch[1], batch[0]) is not None:
+            self.note(batch[1].split(" ")[0], f"{batch[0]} events a sink transaction took from the channel: not "
+                      "needed, each client call goes to Kafka as one batch and concurrent calls share Kafka record "
+                      "batches (kafka.producer.max_batch_size bounds one in bytes)")
         self.kafka_routing(prefix, sink)
         self.kafka_producer(prefix, sink)
         for rest in self.component_keys(prefix + "kafka."):
