@@ -235,7 +235,8 @@ async def drain_segment(path: Path, sender: Sender, *, start: int = HEADER_LEN, 
                         before_chunk: Callable[[int, int, int], None] | None = None,
                         on_refused: Callable[[Sequence[tuple[Record, SinkRefused]]], None] | None = None,
                         dry_run: bool = False, counts: dict[str, int] | None = None,
-                        deadline: float | None = None) -> SegmentResult:
+                        deadline: float | None = None,
+                        chunks: Iterator[tuple[int, int, list[Record]]] | None = None) -> SegmentResult:
     """Send one segment's events from ``start`` to Kafka, each to its own topic.
 
     ``keep`` filters (replay's --topic/--since/--until; the rest is skipped);
@@ -250,10 +251,12 @@ async def drain_segment(path: Path, sender: Sender, *, start: int = HEADER_LEN, 
     drain goes on. Stops at the first chunk Kafka does not acknowledge (``complete=False``,
     ``error`` set; ``sent`` then also counts what the window got acknowledged after the
     acknowledged prefix: it goes again), or when the monotonic clock passes ``deadline``
-    (``complete=False``, no error: call again to go on).
+    (``complete=False``, no error: call again to go on). ``chunks``: ``(first, end, records)``
+    from elsewhere than the segment (replay's Flume files, :mod:`agents.flume_files`), sent the same way.
     """
     sent = archived = skipped = refused = 0
-    chunks = _chunks(path, start, batch_events, end)
+    if chunks is None:
+        chunks = _chunks(path, start, batch_events, end)
 
     def take() -> list[tuple[int, int, list[Record]]]:
         return list(itertools.islice(chunks, max(1, window)))

@@ -10,6 +10,7 @@ configuration error).
     send                           a Flume-protocol test client
     check-config [PATH]            validate a file, print effective settings and origins
     init [PATH]                    write the commented default configuration (./spillway.toml)
+    import-flume FILE              a Flume agent's properties as a spillway TOML file
 
 Faust's built-in commands register when ``faust.cli.faust`` is first imported; it is
 imported here first so that ours (``send`` shares a name) replace them, not the
@@ -20,6 +21,6 @@ from __future__ import annotations
 
 import faust.cli.faust  # noqa: F401  - register Faust's built-ins before ours
 
-from topology.commands import buffer, check_config, init, replay, send
+from topology.commands import buffer, check_config, import_flume, init, replay, send
 
-__all__ = ["buffer", "check_config", "init", "replay", "send"]
+__all__ = ["buffer", "check_config", "import_flume", "init", "replay", "send"]

@@ -15,14 +15,16 @@ from typing import Any
 import click
 from faust.cli import argument, option
 
+from agents.flume_files import FlumeFile, as_segment_scan, is_flume_file, scan_file
+from agents.router import Router
 from agents.segments import SegmentScan, scan_segment
+from core.settings import RouterSettings
 from topology.app import app
 from topology.commands.base import SpillwayCommand
 from topology.commands.core import (
     EXIT_OK,
     EXIT_PARTIAL,
     CommandError,
-    collect_segments,
     damage,
     decompress,
     dumps,
@@ -34,13 +36,18 @@ from topology.commands.core import (
 )
 
 
-def scan_files(files: list[Path]) -> list[tuple[Path, SegmentScan | None, str | None]]:
-    """(path, scan or None, error) for each file; archives are scanned decompressed."""
+def scan_files(files: list[Path], router: Router | None = None) -> list[tuple[Path, SegmentScan | None, str | None]]:
+    """(path, scan or None, error) for each file; archives are scanned decompressed, Flume's
+    avro_event files read with :mod:`agents.flume_files` (topics as ``router`` would route them)."""
     out: list[tuple[Path, SegmentScan | None, str | None]] = []
+    router = router or Router(RouterSettings())
     with tempfile.TemporaryDirectory(prefix="spillway-buffer-") as tmp:
         for path in files:
             try:
-                if is_archive(path):
+                if is_flume_file(path):
+                    flume = FlumeFile.open(path)
+                    out.append((path, as_segment_scan(flume, scan_file(flume, router)), None))
+                elif is_archive(path):
                     segment = decompress(path, Path(tmp))
                     try:
                         out.append((path, scan_segment(segment), None))
@@ -50,9 +57,15 @@ def scan_files(files: list[Path]) -> list[tuple[Path, SegmentScan | None, str | 
                     out.append((path, scan_segment(path), None))
             except FileNotFoundError:
                 out.append((path, None, "gone (drained or deleted while listing)"))
-            except (OSError, EOFError, ValueError) as exc:
+            except (OSError, EOFError, ValueError) as exc:  # NotFlumeFile is a ValueError
                 out.append((path, None, f"cannot read: {exc}"))
     return out
+
+
+def _found_in_directories(files: list[Path], paths: tuple[str, ...]) -> list[Path]:
+    """Those of ``files`` found in a directory, not named on the command line."""
+    given = {Path(p).resolve() for p in paths}
+    return [p for p in files if p.resolve() not in given]
 
 
 def _size(path: Path) -> int:
@@ -102,7 +115,7 @@ def verification(scans: list[tuple[Path, SegmentScan | None, str | None]]) -> di
     base=SpillwayCommand,
 )
 async def buffer(self: SpillwayCommand, action: str, paths: tuple[str, ...], as_json: bool) -> int:
-    """List, inspect or verify disk buffer segments (also *.seg.gz archives).
+    """List, inspect or verify disk buffer segments (also *.seg.gz archives and Flume's avro_event files).
 
     \b
     ls      each segment: size, events, oldest and newest receive time
@@ -110,16 +123,25 @@ async def buffer(self: SpillwayCommand, action: str, paths: tuple[str, ...], as_
     verify  check every record's CRC; report torn tails and corrupt
             ranges per file; exit 1 if any file is damaged
 
-    PATHS are directories (their *.seg and *.seg.gz files) or files; the default is
-    buffer.directory. Files are only read. Times are UTC.
+    PATHS are directories (their *.seg and *.seg.gz files, and Flume's file_roll
+    avro_event files, known by their Avro magic) or files; the default is
+    buffer.directory. Files are only read. Times are UTC; for a Flume file, the
+    oldest and newest of its timestamp headers.
     """
     if not paths:
         directory = self.settings().buffer.directory
         if not directory.is_dir():
             raise CommandError(f"no buffer directory at {directory} (buffer.directory)")
         paths = (str(directory),)
-    files = await asyncio.to_thread(collect_segments, paths)
-    scans = await asyncio.to_thread(scan_files, files)
+    from topology.app import settings
+    from topology.commands.replay import collect_inputs
+
+    files, _, text = await asyncio.to_thread(collect_inputs, paths)
+    for path in await asyncio.to_thread(_found_in_directories, text, paths):
+        files.remove(path)
+        self.err(f"{path}: not an Avro file: a Flume TEXT or HEADER_AND_TEXT file? It keeps no headers; "
+                 f"`spillway replay --topic T {path}` sends its lines to T")
+    scans = await asyncio.to_thread(scan_files, files, Router(settings.router))
     as_json = as_json or self.json
     if action == "verify":
         doc = verification(scans)

@@ -247,6 +247,8 @@ class ReplayTally:
     locked: dict[str, int] = field(default_factory=dict)  # path -> events not replayed
     errors: dict[str, str] = field(default_factory=dict)  # path -> what went wrong
     not_attempted: list[str] = field(default_factory=list)
+    already: dict[str, int] = field(default_factory=dict)  # Flume file -> events a former replay sent whole
+    resumed: dict[str, int] = field(default_factory=dict)  # Flume file -> events a former replay sent first
 
     def add(self, counts: Mapping[str, int]) -> None:
         for topic, n in counts.items():
@@ -265,7 +267,7 @@ class ReplayTally:
         return {"dry_run": self.dry_run, "files": self.files, "total": self.total,
                 "per_topic": dict(sorted(self.per_topic.items())), "skipped_by_filter": self.skipped_by_filter,
                 "failed": self.failed, "locked": self.locked, "errors": self.errors,
-                "not_attempted": self.not_attempted}
+                "not_attempted": self.not_attempted, "already_replayed": self.already, "resumed": self.resumed}
 
     def lines(self) -> list[str]:
         verb = "would send" if self.dry_run else "sent"
@@ -282,4 +284,10 @@ class ReplayTally:
             out.append(f"files with errors: {len(self.errors)}")
         if self.not_attempted:
             out.append(f"not attempted (Kafka unreachable): {len(self.not_attempted)} file(s)")
+        if self.already:
+            out.append(f"skipped, replayed before (--force to send again): {len(self.already)} Flume file(s), "
+                       f"{sum(self.already.values())} event(s)")
+        if self.resumed:
+            out.append(f"resumed after what a former replay sent: {len(self.resumed)} Flume file(s), "
+                       f"{sum(self.resumed.values())} event(s) not sent again")
         return out
