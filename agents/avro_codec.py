@@ -322,6 +322,8 @@ def _decode(payload: bytes, session: Session, limits: AvroLimits) -> Request:
     schemaless_reader(fo, _META, None)  # call metadata: nothing we use
     method = schemaless_reader(fo, _STRING, None)
     if method == "":
+        if fo.tell() != len(payload):
+            raise FrameError(f"{len(payload) - fo.tell()} bytes left over after a handshake ping")
         return Request("ping", prefix)
     writer = remote.requests.get(method)
     if writer is None:

@@ -122,8 +122,8 @@ class Inflating:
         while len(buf) < n:
             if z.unconsumed_tail:
                 data = z.unconsumed_tail
-            elif z.eof:
-                raise FrameError("the deflate stream ended inside a call")
+            elif z.eof:  # the client ended its stream: as good as closing the connection
+                raise asyncio.IncompleteReadError(bytes(buf), n)
             else:
                 data = await self._raw.read(_INFLATE_STEP)
                 if not data:
@@ -143,7 +143,6 @@ class Deflating:
     def __init__(self, raw: asyncio.StreamWriter) -> None:
         self._raw = raw
         self._z = zlib.compressobj(6)
-        self.transport = raw.transport
 
     def write(self, data: bytes) -> None:
         self._raw.write(self._z.compress(data) + self._z.flush(zlib.Z_SYNC_FLUSH))

@@ -122,7 +122,8 @@ def test_flume_sdk_client_events_land_in_their_topic_with_their_headers(
 
 def test_a_refused_topic_raises_event_delivery_exception_in_flumes_client_and_the_server_keeps_serving(
         kafka_up: Broker, make_worker: Callable[..., Worker]) -> None:
-    w, port = avro_worker(make_worker, kafka_up.bootstrap, SPILLWAY_ROUTER_ALLOWED_TOPICS="allowed-*")
+    w, port = avro_worker(make_worker, kafka_up.bootstrap, SPILLWAY_ROUTER_ALLOWED_TOPICS="allowed-*",
+                          SPILLWAY_ROUTER_DEFAULT_TOPIC="allowed-default")
     r = avro_send(port, "none", "batch", 5, "__consumer_offsets")
     assert r.returncode == 3 and "EventDeliveryException" in r.stdout and "UNKNOWN" in r.stdout, r.stdout
     r = avro_send(port, "none", "append", 1, unique("not-allowed"))
@@ -241,7 +242,7 @@ def test_garbage_oversize_packs_and_limits_close_or_refuse_only_that_connection(
         struct.pack(">ii", 1, 1_000_000),                                   # too many buffers
         struct.pack(">iii", 1, 1, 2**31 - 1),                               # a buffer over max_frame_bytes
         struct.pack(">iii", 1, 2, 4000) + b"x" * 4000 + struct.pack(">i", 200),  # the pack over it
-        codec.pack(1, b"\x00" * 40),                                        # a handshake that does not decode
+        codec.pack(1, b"\xff" * 40),                                        # a handshake that does not decode
         codec.pack(1, codec.encode_request("append", [({}, b"x")]) + b"trailing"),  # bytes left over
     ]
     for frame in bad:
@@ -265,8 +266,8 @@ def test_garbage_oversize_packs_and_limits_close_or_refuse_only_that_connection(
 
 def test_a_handshake_that_never_matches_and_a_slowloris_client_are_cut(
         kafka_up: Broker, make_worker: Callable[..., Worker]) -> None:
-    w, port = avro_worker(make_worker, kafka_up.bootstrap, SPILLWAY_SOURCE_AVRO_HANDSHAKE_TIMEOUT="2s",
-                          SPILLWAY_SOURCE_AVRO_FRAME_TIMEOUT="2s", SPILLWAY_SOURCE_AVRO_IDLE_TIMEOUT="60s")
+    w, port = avro_worker(make_worker, kafka_up.bootstrap, SPILLWAY_SOURCE_AVRO_HANDSHAKE_TIMEOUT="3s",
+                          SPILLWAY_SOURCE_AVRO_FRAME_TIMEOUT="1.5s", SPILLWAY_SOURCE_AVRO_IDLE_TIMEOUT="60s")
     # an unknown client hash without its protocol: NONE each time; the third such closes it
     s = _raw(port)
     unknown = codec.encode_request("append", [({}, b"x")], client_hash=b"\x01" * 16)
