@@ -112,9 +112,31 @@ class AvroSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class HttpSettings:
+    """Flume's HTTPSource with its JSONHandler: POST a JSON array of {"headers", "body"} events."""
+
+    enabled: bool = False
+    host: str = "0.0.0.0"
+    port: int = 8090
+    path: str = "/"
+    max_body_bytes: Size = Size(16_384_000)
+    max_batch_events: int = 10_000
+    max_event_bytes: Size = Size(1_000_000)
+    max_headers: int = 64
+    max_header_bytes: Size = Size(16_384)
+    idle_timeout: Duration = Duration(75.0)
+    frame_timeout: Duration = Duration(30.0)
+    tls_certfile: str = ""
+    tls_keyfile: str = ""
+    tls_cafile: str = ""
+    tls_verify_client: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class SourceSettings:
     thrift: ThriftSettings = field(default_factory=ThriftSettings)
     avro: AvroSettings = field(default_factory=AvroSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -484,7 +506,7 @@ def _validate(s: Settings) -> None:
     if not r.allowed_topics:
         raise ConfigError("router.allowed_topics", "must list at least one pattern")
     for key, port in (("source.thrift.port", s.source.thrift.port), ("source.avro.port", s.source.avro.port),
-                      ("web.port", s.web.port)):
+                      ("source.http.port", s.source.http.port), ("web.port", s.web.port)):
         if not 0 <= port <= 65535:
             raise ConfigError(key, f"{port} is not a TCP port")
     if s.source.thrift.max_frame_bytes < 64:
@@ -492,6 +514,8 @@ def _validate(s: Settings) -> None:
     _validate_thrift(s.source.thrift)
     if s.source.avro.enabled:
         _validate_avro(s.source.avro)
+    if s.source.http.enabled:
+        _validate_http(s.source.http, s.web)
     if s.kafka.max_batch_bytes > 1_000_000 and s.source.thrift.max_event_bytes > 1_000_000:
         raise ConfigError("source.thrift.max_event_bytes", "must fit Kafka's default message.max.bytes")
     _validate_kafka(s.kafka)
@@ -521,7 +545,18 @@ def _validate_avro(a: AvroSettings) -> None:
     _validate_tls(a, "source.avro")
 
 
-def _validate_tls(t: ThriftSettings | AvroSettings, section: str) -> None:
+def _validate_http(h: HttpSettings, web: WebSettings) -> None:
+    for key in ("max_batch_events", "max_headers"):
+        if getattr(h, key) < 1:
+            raise ConfigError(f"source.http.{key}", "must be at least 1")
+    if not h.path.startswith("/"):
+        raise ConfigError("source.http.path", f"{h.path!r} must start with '/'")
+    if h.port and h.port == web.port:
+        raise ConfigError("source.http.port", "is the operations web port (web.port); the HTTP source needs its own")
+    _validate_tls(h, "source.http")
+
+
+def _validate_tls(t: ThriftSettings | AvroSettings | HttpSettings, section: str) -> None:
     if t.tls_keyfile and not t.tls_certfile:
         raise ConfigError(f"{section}.tls_keyfile", f"is set but {section}.tls_certfile is not")
     if t.tls_verify_client and not t.tls_certfile:

@@ -1,6 +1,6 @@
 """The wiring: builds every stage of a node from the settings, starts and stops them in order.
 
-    ThriftSource, AvroSource --Envelope--> ingress --> RouterStage --Batch--> the live sink stage:
+    ThriftSource, AvroSource, HttpSource --Envelope--> ingress --> RouterStage --Batch--> the live sink stage:
         kafka[0] (primary) --> kafka[1..] (secondaries) --> spill (disk buffer), by priority
     each Kafka stage --Outcome--> outcomes --> Supervisor (parks, probes, picks the live stage)
     Drain: closed buffer segments --> the highest-priority cluster that is up
@@ -25,6 +25,7 @@ from mode import Service
 from agents.avro_source import AvroSource
 from agents.disk_buffer import DiskBuffer
 from agents.drain import Drain
+from agents.http_source import HttpSource
 from agents.ingress import RouterStage
 from agents.interceptors import Chain
 from agents.kafka_sink import KafkaSink
@@ -74,8 +75,10 @@ class Pipeline(Service):
         self.drain = Drain(settings.drain, self.buffer, DrainSender(self.supervisor), self.supervisor, m)
         self.source = ThriftSource(settings.source.thrift, self.handle, m)
         self.avro = AvroSource(settings.source.avro, self.handle, m) if settings.source.avro.enabled else None
+        self.http = HttpSource(settings.source.http, self.handle, m) if settings.source.http.enabled else None
         #: every source of this node, the Thrift source first (``source``: always on)
-        self.sources: list[StreamSource] = [self.source] + ([self.avro] if self.avro is not None else [])
+        self.sources: list[StreamSource | HttpSource] = [self.source]
+        self.sources += [src for src in (self.avro, self.http) if src is not None]
         for src in self.sources:
             m.received.labels(source=src.name)  # present from the start, at 0
             m.connections.labels(source=src.name)

@@ -174,8 +174,8 @@ async def health(self: web.View, request: web.Request) -> web.Response:
 async def ready(self: web.View, request: web.Request) -> web.Response:
     p = topo.node
     ok = p.listening and p.buffer.healthy
-    return self.json({"ready": ok, "source": p.listening, "buffer": p.buffer.healthy,
-                      "sources": {src.name: src.listening for src in p.sources}},
+    # "source": every enabled source listens (each one's state is in /status "sources")
+    return self.json({"ready": ok, "source": p.listening, "buffer": p.buffer.healthy},
                      status=200 if ok else 503)
 
 
@@ -195,6 +195,9 @@ def source_doc(src: Any, counters: dict[str, float]) -> dict[str, Any]:
     if src.name == "avro":
         doc["compression"] = src.settings.compression
         doc["handshakes"] = dict(src.handshakes)
+    if src.name == "http":
+        doc["path"] = src.settings.path
+        doc["responses"] = {str(code): n for code, n in sorted(src.responses.items())}
     return doc
 
 
