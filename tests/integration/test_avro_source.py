@@ -26,7 +26,8 @@ from helpers import Worker, free_port, read_topic, unique, wait_until
 
 pytestmark = pytest.mark.kafka
 
-#: Sends ``count`` events with Flume's SDK client: args port, none|deflate, append|batch, count, topic.
+#: Sends ``count`` events with Flume's SDK client: args port, none|deflate, append|batch, count, topic
+#: [tls] (``ssl = true``, trusting any certificate).
 #: Each event: headers topic, seq, note (non-ASCII); body "body-<seq>" plus a 0xff byte.
 #: Prints "sent <n>" or "EventDeliveryException <message>" (exit 3).
 AVRO_SEND = r"""
@@ -46,6 +47,10 @@ public class AvroSend {
     p.setProperty("hosts.h1", "127.0.0.1:" + a[0]);
     p.setProperty("batch-size", "100");
     p.setProperty("request-timeout", "20000");
+    if (a.length > 5 && a[5].equals("tls")) {
+      p.setProperty("ssl", "true");
+      p.setProperty("trust-all-certs", "true");
+    }
     if (a[1].equals("deflate")) {
       p.setProperty("compression-type", "deflate");
       p.setProperty("compression-level", "6");
@@ -85,8 +90,10 @@ def avro_worker(make_worker: Callable[..., Worker], bootstrap: str, **env: str) 
     return w, port
 
 
-def avro_send(port: int, compression: str, mode: str, count: int, topic: str) -> subprocess.CompletedProcess[str]:
-    return flume.java(AVRO_SEND, "AvroSend", str(port), compression, mode, str(count), topic, timeout=180)
+def avro_send(port: int, compression: str, mode: str, count: int, topic: str,
+              tls: bool = False) -> subprocess.CompletedProcess[str]:
+    return flume.java(AVRO_SEND, "AvroSend", str(port), compression, mode, str(count), topic,
+                      *(["tls"] if tls else []), timeout=180)
 
 
 def check_landed(bootstrap: str, topic: str, count: int) -> None:
@@ -133,6 +140,24 @@ def test_a_refused_topic_raises_event_delivery_exception_in_flumes_client_and_th
     assert r.returncode == 0, r.stdout + r.stderr[-2000:]
     check_landed(kafka_up.bootstrap, topic, 10)
     assert w.status()["counters"]["refused"] == 6
+
+
+def test_flumes_sdk_client_over_tls_is_served_and_a_plain_client_on_the_tls_port_is_not(
+        kafka_up: Broker, make_worker: Callable[..., Worker], tmp_path: Path) -> None:
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-keyout", "server.key", "-out", "server.pem", "-days", "2", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], cwd=tmp_path, check=True, capture_output=True)
+    w, port = avro_worker(make_worker, kafka_up.bootstrap,
+                          SPILLWAY_SOURCE_AVRO_TLS_CERTFILE=str(tmp_path / "server.pem"),
+                          SPILLWAY_SOURCE_AVRO_TLS_KEYFILE=str(tmp_path / "server.key"))
+    topic = unique("avro-tls")
+    r = avro_send(port, "none", "batch", 120, topic, tls=True)
+    assert r.returncode == 0 and r.stdout.strip() == "sent 120", r.stdout + r.stderr[-3000:]
+    check_landed(kafka_up.bootstrap, topic, 120)
+    r = avro_send(port, "none", "append", 1, unique("avro-plain-on-tls"))
+    assert r.returncode == 3 and "EventDeliveryException" in r.stdout
+    [avro] = [s for s in w.status()["sources"] if s["name"] == "avro"]
+    assert avro["tls"] is True and avro["received"] == 120
 
 
 FLUME_AGENT = """
