@@ -1,22 +1,27 @@
-"""Scale-out across two spillway nodes with Flume's own client-side failover and load
+"""Scale-out across two spillway nodes: with Flume's own client-side failover and load
 balancing (``FailoverRpcClient``, ``LoadBalancingRpcClient`` round-robin with backoff) over
-the Avro source. Kafka is unreachable for the first part, so both nodes spill to their disk
+the Avro source, and behind HAProxy (Debian's package, TCP mode) with Thrift clients that
+reconnect and retry. Kafka is unreachable for the first part, so both nodes spill to their disk
 buffers; one node is SIGKILLed mid-stream. Every batch the client was told OK for must be
 in Kafka once Kafka is back and the killed node has restarted and drained; duplicates are
 measured and reported, not hidden."""
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import socket
 import subprocess
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from devtools import flume
 from devtools.kafka import Broker
-from helpers import TcpProxy, Worker, free_port, read_topic, unique, wait_until
+from helpers import Status, TcpProxy, Worker, client, event, free_port, read_topic, unique, wait_until
 
 pytestmark = pytest.mark.kafka
 
@@ -131,3 +136,94 @@ def test_flumes_failover_and_load_balancing_clients_lose_nothing_when_a_node_is_
           f"{drained[0]:.0f}, other node {drained[1]:.0f}")
     assert not missing
     assert drained[0] > 0 and drained[1] > 0  # each node's buffer went to Kafka, the killed one's too
+
+
+HAPROXY = """
+global
+    maxconn 2000
+defaults
+    mode tcp
+    timeout connect 2s
+    timeout client 60s
+    timeout server 60s
+    retries 3
+    option redispatch
+frontend thrift
+    bind 127.0.0.1:{port}
+    default_backend spillway
+backend spillway
+    balance roundrobin
+    server node0 127.0.0.1:{p0} check inter 500ms fall 2 rise 2
+    server node1 127.0.0.1:{p1} check inter 500ms fall 2 rise 2
+"""
+
+
+def test_two_nodes_behind_haproxy_with_retrying_thrift_clients_lose_nothing_when_a_node_is_killed(
+        kafka_up: Broker, kafka_proxy: TcpProxy, make_worker: Callable[..., Worker], tmp_path: Path) -> None:
+    haproxy = shutil.which("haproxy")
+    if haproxy is None:
+        pytest.fail("HAProxy (Debian's haproxy package) is needed: scripts/setup.sh installs it")
+    nodes = [make_worker(kafka_up.bootstrap, name=f"node{i}") for i in range(2)]
+    port = free_port()
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(HAPROXY.format(port=port, p0=nodes[0].thrift_port, p1=nodes[1].thrift_port))
+    proxy = subprocess.Popen([haproxy, "-f", str(cfg), "-db"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    topic, batches, per_connection = unique("haproxy"), 120, 4
+    acked: list[int] = []
+    errors = 0
+    try:
+        wait_until(lambda: _connects(port), 10, what="HAProxy listening")
+        kafka_proxy.cut()  # both nodes spill: the killed node's buffer must drain after its restart
+        try:
+            c = None
+            for b in range(batches):
+                batch = [event(f"e{b * BATCH + i}", topic=topic, seq=str(b * BATCH + i)) for i in range(BATCH)]
+                if b == 30:  # SIGKILL at a moment of its own, likely inside a call
+                    killer = threading.Timer(0.5, nodes[0].kill)
+                    killer.start()
+                for _attempt in range(100):
+                    try:
+                        if c is None:
+                            c = client(port, timeout_ms=15_000)
+                        status = c.appendBatch(batch)
+                    except Exception:  # reset, refused, timed out: reconnect and send the batch again
+                        status = None
+                    if status == Status.OK:
+                        acked.append(b)
+                        break
+                    errors += 1
+                    with contextlib.suppress(Exception):
+                        c.close()  # type: ignore[union-attr]
+                    c, _ = None, time.sleep(0.2)
+                else:
+                    raise AssertionError(f"batch {b} never acknowledged")
+                if b % per_connection == per_connection - 1 and c is not None:  # new connections spread the load
+                    c.close()
+                    c = None
+        finally:
+            kafka_proxy.restore()
+        assert acked == list(range(batches)) and nodes[0].proc is not None and nodes[0].proc.poll() is not None
+        nodes[0].start()  # back on its own buffer: drains it
+        expected = batches * BATCH
+        got = read_topic(kafka_up.bootstrap, topic, expected, timeout=120, settle=3.0)
+        seqs = [int(dict(r.headers)["seq"]) for r in got]
+        missing = set(range(expected)) - set(seqs)
+        duplicates = len(seqs) - len(set(seqs))
+        wait_until(lambda: nodes[0].status()["counters"]["drained"] > 0, 60, what="the restarted node's drain")
+        drained = [n.status()["counters"]["drained"] for n in nodes]
+        print(f"\nhaproxy: {expected} events acknowledged, {len(seqs)} records in Kafka, {len(missing)} missing, "
+              f"{duplicates} duplicates ({100 * duplicates / expected:.2f} %), {errors} failed attempts retried; "
+              f"drained after the outage: killed node {drained[0]:.0f}, other node {drained[1]:.0f}")
+        assert not missing
+        assert drained[0] > 0 and drained[1] > 0
+    finally:
+        proxy.terminate()
+        proxy.wait(10)
+
+
+def _connects(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
