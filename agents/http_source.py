@@ -35,7 +35,7 @@ from mode import Service
 
 from agents.records import Event
 from agents.source_base import Handler, server_ssl_context
-from agents.thrift_codec import LimitError, Status
+from agents.thrift_codec import Status
 from core.metrics import Metrics
 from core.ratelog import Throttled
 from core.settings import HttpSettings

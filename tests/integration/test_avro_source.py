@@ -12,17 +12,15 @@ import socket
 import struct
 import subprocess
 import time
-import zlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from agents import avro_codec as codec
 from devtools import flume
 from devtools.kafka import Broker
-from helpers import Worker, free_port, read_topic, unique, wait_until
+from helpers import Worker, free_port, read_topic, unique
 
 pytestmark = pytest.mark.kafka
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from devtools.kafka import Broker
-from helpers import TcpProxy, Worker, free_port, read_topic, unique, wait_until
+from helpers import TcpProxy, Worker, free_port, read_topic, unique
 
 pytestmark = pytest.mark.kafka
 
