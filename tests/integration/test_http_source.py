@@ -30,14 +30,15 @@ def http_worker(make_worker: Callable[..., Worker], bootstrap: str, **env: str) 
     return w, f"http://127.0.0.1:{port}/"
 
 
-def curl(url: str, body: bytes, tmp: Path, *headers: str, timeout: float = 60) -> tuple[int, dict[str, str], Any]:
+def curl(url: str, body: bytes, tmp: Path, *headers: str, timeout: float = 60,
+         extra: tuple[str, ...] = ()) -> tuple[int, dict[str, str], Any]:
     """POST ``body`` with curl: (status, response headers, parsed JSON body)."""
     if shutil.which("curl") is None:
         pytest.fail("curl is needed for the HTTP source tests")
     data = tmp / f"body-{time.monotonic_ns()}"
     data.write_bytes(body)
     args = ["curl", "-sS", "-X", "POST", "--data-binary", f"@{data}", "-D", "-", "-o", str(data) + ".out",
-            "--max-time", str(timeout)]
+            "--max-time", str(timeout), *extra]
     for h in headers:
         args += ["-H", h]
     r = subprocess.run([*args, url], capture_output=True, text=True, timeout=timeout + 10)
@@ -160,3 +161,19 @@ def test_a_slow_sender_is_cut_at_the_frame_timeout_while_others_are_served(
     assert reply.startswith(b"HTTP/1.1 408") and 1.5 < time.monotonic() - t0 < 6
     slow.close()
     assert len(read_topic(kafka_up.bootstrap, topic, 2, settle=0.5)) == 2
+
+
+def test_over_tls_curl_is_served_and_plain_http_on_that_port_is_not(
+        kafka_up: Broker, make_worker: Callable[..., Worker], tmp_path: Path) -> None:
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-keyout", "server.key", "-out", "server.pem", "-days", "2", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], cwd=tmp_path, check=True, capture_output=True)
+    _, url = http_worker(make_worker, kafka_up.bootstrap, SPILLWAY_SOURCE_HTTP_TLS_CERTFILE=str(tmp_path / "server.pem"),
+                         SPILLWAY_SOURCE_HTTP_TLS_KEYFILE=str(tmp_path / "server.key"))
+    topic = unique("http-tls")
+    status, _, doc = curl(url.replace("http://", "https://"), json.dumps(events(topic, 4)).encode(), tmp_path,
+                          "Content-Type: application/json", extra=("--cacert", str(tmp_path / "server.pem")))
+    assert (status, doc) == (200, {"accepted": 4})
+    assert len(read_topic(kafka_up.bootstrap, topic, 4, settle=0.5)) == 4
+    r = subprocess.run(["curl", "-sS", "--max-time", "10", "-X", "POST", "--data", "[]", url], capture_output=True)
+    assert r.returncode != 0  # a plain request on the TLS port gets no HTTP answer
