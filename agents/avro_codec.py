@@ -252,6 +252,7 @@ class Request:
     method: str = ""
     events: list[Event] = field(default_factory=list)
     refused: LimitError | None = None
+    count: int = 0  # the events the call carries (those a refused batch claims, undecoded)
 
 
 #: header names seen often, cleaned once (see :func:`_name`)
@@ -333,7 +334,7 @@ def _decode(payload: bytes, session: Session, limits: AvroLimits) -> Request:
         n = _first_block_count(payload, fo.tell())
         if n > limits.max_batch_events:
             return Request("call", prefix, method, [], LimitError(
-                "batch_too_large", f"{n} events in one call (max {limits.max_batch_events})"))
+                "batch_too_large", f"{n} events in one call (max {limits.max_batch_events})"), n)
     params = schemaless_reader(fo, writer, None if remote.ours else reader,
                                handle_unicode_errors="surrogateescape")
     if fo.tell() != len(payload):
@@ -341,14 +342,14 @@ def _decode(payload: bytes, session: Session, limits: AvroLimits) -> Request:
     raw = params["events"] if method == "appendBatch" else (params["event"],)
     if len(raw) > limits.max_batch_events:
         return Request("call", prefix, method, [], LimitError(
-            "batch_too_large", f"{len(raw)} events in one call (max {limits.max_batch_events})"))
+            "batch_too_large", f"{len(raw)} events in one call (max {limits.max_batch_events})"), len(raw))
     events = [_event(e) for e in raw]
     refused: LimitError | None = None
     for ev in events:
         refused = _over_limit(ev, limits)
         if refused is not None:
             break
-    return Request("call", prefix, method, events, refused)
+    return Request("call", prefix, method, events, refused, len(events))
 
 
 # -- replies ------------------------------------------------------------------------------------

@@ -87,7 +87,7 @@ class AvroSource(StreamSource):
         if request.kind == "unknown":
             return codec.error_reply(request, f"no message named {request.method!r} in AvroSourceProtocol")
         if request.refused is not None:
-            self.refuse(max(1, len(request.events)), request.refused.reason, request.refused)
+            self.refuse(request.count, request.refused.reason, request.refused)
             return codec.reply(request, codec.AVRO_UNKNOWN)
         return codec.reply(request, codec.avro_status(await self.submit(request.events)))
 

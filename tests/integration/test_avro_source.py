@@ -158,6 +158,26 @@ def test_flumes_sdk_client_over_tls_is_served_and_a_plain_client_on_the_tls_port
     assert avro["tls"] is True and avro["received"] == 120
 
 
+def test_flume_ng_avro_client_streams_a_file_with_a_header_file(
+        kafka_up: Broker, make_worker: Callable[..., Worker], tmp_path: Path) -> None:
+    """``flume-ng avro-client -H host -p port -F file -R headerFile``: Flume's own CLI
+    (``org.apache.flume.client.avro.AvroCLIClient``), one event per line, in batches of 5."""
+    w, port = avro_worker(make_worker, kafka_up.bootstrap)
+    topic = unique("avro-cli")
+    lines = [f"line {i} ✓" for i in range(53)]
+    (tmp_path / "events.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (tmp_path / "headers.properties").write_text(f"topic={topic}\nsource=cli\n")
+    r = subprocess.run(["java", "-Xmx256m", "-cp", flume.classpath(), "org.apache.flume.client.avro.AvroCLIClient",
+                        "-H", "127.0.0.1", "-p", str(port), "-F", str(tmp_path / "events.txt"),
+                        "-R", str(tmp_path / "headers.properties")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    got = read_topic(kafka_up.bootstrap, topic, len(lines), settle=1.0)
+    assert sorted(x.value.decode() for x in got) == sorted(lines)
+    assert all(dict(x.headers) == {"topic": topic.encode(), "source": b"cli"} for x in got)
+    [avro] = [s for s in w.status()["sources"] if s["name"] == "avro"]
+    assert avro["received"] == len(lines)
+
+
 FLUME_AGENT = """
 a1.sources = r1
 a1.channels = c1

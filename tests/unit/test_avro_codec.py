@@ -138,6 +138,7 @@ def test_a_batch_over_the_limit_is_refused_from_its_count_before_any_event_is_de
     payload = codec.encode_request("appendBatch", [({}, b"x")] * 11)
     req = codec.decode(payload[:-30], codec.Session(), s)  # a truncated tail is never read
     assert req.refused is not None and req.refused.reason == "batch_too_large" and req.events == []
+    assert req.count == 11
 
 
 @pytest.mark.parametrize(("event", "reason"), [
