@@ -10,7 +10,10 @@ Flume's clients raise ``EventDeliveryException`` for anything but ``OK``.
 ``compression = "deflate"`` is Flume's ``compression-type = deflate``: the whole
 connection, both ways, is one zlib stream (Netty's ``JZlibDecoder``/``JZlibEncoder(6)``
 below the framing), each reply flushed (``Z_SYNC_FLUSH``), as Flume's client and server
-do it. Inflating is bounded: never more than the call still needs, plus 64 KiB.
+do it. Inflating is bounded: never more than the call still needs, plus 64 KiB. With TLS
+too, Flume puts the zlib stream *outside* TLS (its pipeline: inflater, deflater, then the
+SslHandler), so then the listener is plain TCP and TLS runs inside the inflated stream
+(:class:`TlsInside`, an ``ssl.SSLObject`` over memory BIOs), as Flume's client expects.
 
 Limits, each a setting of ``[source.avro]``: a pack's buffers and their bytes
 (``max_buffers``, ``max_frame_bytes``: checked from each length prefix, before the bytes
@@ -23,6 +26,7 @@ slowloris, ``max_connections``, TLS) is every source's (:mod:`agents.source_base
 from __future__ import annotations
 
 import asyncio
+import ssl
 import zlib
 from typing import Any, Final
 
@@ -50,10 +54,22 @@ class AvroSource(StreamSource):
     def describe(self) -> str:
         return f"Avro RPC, compression {self.settings.compression}, {super().describe()}"
 
+    def _listen_ssl(self) -> ssl.SSLContext | None:
+        # with deflate, TLS is inside the zlib stream (Flume's order): the listener stays plain
+        return None if self.settings.compression == "deflate" else self._ssl
+
     async def _serve(self, reader: Any, writer: Any) -> None:
         s: AvroSettings = self.settings
         if s.compression == "deflate":
             reader, writer = Inflating(reader), Deflating(writer)
+            if self._ssl is not None:
+                tls = TlsInside(reader, writer, self._ssl)
+                try:
+                    async with asyncio.timeout(s.frame_timeout or None):
+                        await tls.handshake()
+                except TimeoutError:
+                    raise Hangup("handshake", f"no TLS handshake within {s.frame_timeout:g}s") from None
+                reader, writer = tls, tls
         session = codec.Session()
         loop = asyncio.get_running_loop()
         handshake_by = loop.time() + s.handshake_timeout if s.handshake_timeout else None
@@ -136,6 +152,18 @@ class Inflating:
         del buf[:n]
         return out
 
+    async def read_some(self) -> bytes:
+        """What is inflated next (at most about 64 KiB); b"" at the end of the stream."""
+        if not self._buf:
+            try:
+                first = await self.readexactly(1)  # inflates a step into the buffer
+            except asyncio.IncompleteReadError:
+                return b""
+            self._buf[:0] = first
+        out = bytes(self._buf)
+        self._buf.clear()
+        return out
+
 
 class Deflating:
     """A writer of a zlib stream over ``raw`` (a StreamWriter), each write flushed whole."""
@@ -149,3 +177,62 @@ class Deflating:
 
     async def drain(self) -> None:
         await self._raw.drain()
+
+
+class TlsInside:
+    """TLS (server side) over another stream's reader and writer: an ``ssl.SSLObject`` on
+    memory BIOs. For deflate with TLS, where Flume puts TLS inside the zlib stream."""
+
+    def __init__(self, reader: Inflating, writer: Deflating, ctx: ssl.SSLContext) -> None:
+        self._reader, self._writer = reader, writer
+        self._incoming, self._outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self._tls = ctx.wrap_bio(self._incoming, self._outgoing, server_side=True)
+        self._buf = bytearray()
+
+    def _flush(self) -> None:
+        out = self._outgoing.read()
+        if out:
+            self._writer.write(out)
+
+    async def _feed(self, n: int) -> None:
+        self._flush()
+        data = await self._reader.read_some()
+        if not data:
+            raise asyncio.IncompleteReadError(bytes(self._buf), n)
+        self._incoming.write(data)
+
+    async def handshake(self) -> None:
+        while True:
+            try:
+                self._tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                await self._feed(0)
+            except ssl.SSLError as exc:
+                raise FrameError(f"TLS inside the deflate stream: {exc}") from None
+        self._flush()
+        await self._writer.drain()
+
+    async def readexactly(self, n: int) -> bytes:
+        buf = self._buf
+        while len(buf) < n:
+            try:
+                chunk = self._tls.read(_INFLATE_STEP)
+            except ssl.SSLWantReadError:
+                await self._feed(n)
+                continue
+            except ssl.SSLError as exc:
+                raise FrameError(f"TLS inside the deflate stream: {exc}") from None
+            if not chunk:  # close_notify
+                raise asyncio.IncompleteReadError(bytes(buf), n)
+            buf += chunk
+        out = bytes(buf[:n])
+        del buf[:n]
+        return out
+
+    def write(self, data: bytes) -> None:
+        self._tls.write(data)
+        self._flush()
+
+    async def drain(self) -> None:
+        await self._writer.drain()

@@ -539,9 +539,6 @@ def _validate_avro(a: AvroSettings) -> None:
             raise ConfigError(f"source.avro.{key}", "must be at least 1")
     if a.max_frame_bytes < 64:
         raise ConfigError("source.avro.max_frame_bytes", "must be at least 64")
-    if a.compression == "deflate" and a.tls_certfile:
-        raise ConfigError("source.avro.compression", "deflate together with TLS is not supported (Flume puts the "
-                          "deflate stream outside TLS); use one or the other")
     _validate_tls(a, "source.avro")
 
 

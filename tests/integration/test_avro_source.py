@@ -140,19 +140,22 @@ def test_a_refused_topic_raises_event_delivery_exception_in_flumes_client_and_th
     assert w.status()["counters"]["refused"] == 6
 
 
+@pytest.mark.parametrize("compression", ["none", "deflate"])
 def test_flumes_sdk_client_over_tls_is_served_and_a_plain_client_on_the_tls_port_is_not(
-        kafka_up: Broker, make_worker: Callable[..., Worker], tmp_path: Path) -> None:
+        kafka_up: Broker, make_worker: Callable[..., Worker], tmp_path: Path, compression: str) -> None:
+    """With deflate too, Flume's client puts TLS inside the deflate stream: so must the server."""
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
                     "-nodes", "-keyout", "server.key", "-out", "server.pem", "-days", "2", "-subj", "/CN=127.0.0.1",
                     "-addext", "subjectAltName=IP:127.0.0.1"], cwd=tmp_path, check=True, capture_output=True)
     w, port = avro_worker(make_worker, kafka_up.bootstrap,
                           SPILLWAY_SOURCE_AVRO_TLS_CERTFILE=str(tmp_path / "server.pem"),
-                          SPILLWAY_SOURCE_AVRO_TLS_KEYFILE=str(tmp_path / "server.key"))
+                          SPILLWAY_SOURCE_AVRO_TLS_KEYFILE=str(tmp_path / "server.key"),
+                          SPILLWAY_SOURCE_AVRO_COMPRESSION=compression)
     topic = unique("avro-tls")
-    r = avro_send(port, "none", "batch", 120, topic, tls=True)
+    r = avro_send(port, compression, "batch", 120, topic, tls=True)
     assert r.returncode == 0 and r.stdout.strip() == "sent 120", r.stdout + r.stderr[-3000:]
     check_landed(kafka_up.bootstrap, topic, 120)
-    r = avro_send(port, "none", "append", 1, unique("avro-plain-on-tls"))
+    r = avro_send(port, compression, "append", 1, unique("avro-plain-on-tls"))
     assert r.returncode == 3 and "EventDeliveryException" in r.stdout
     [avro] = [s for s in w.status()["sources"] if s["name"] == "avro"]
     assert avro["tls"] is True and avro["received"] == 120
