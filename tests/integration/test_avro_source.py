@@ -81,11 +81,20 @@ public class AvroSend {
 """
 
 
-def avro_worker(make_worker: Callable[..., Worker], bootstrap: str, **env: str) -> tuple[Worker, int]:
-    port = free_port()
-    w = make_worker(bootstrap, SPILLWAY_SOURCE_AVRO_ENABLED="true", SPILLWAY_SOURCE_AVRO_HOST="127.0.0.1",
-                    SPILLWAY_SOURCE_AVRO_PORT=str(port), **env)
-    return w, port
+def other_port(*taken: int) -> int:
+    """A free port that is none of ``taken`` (a worker's own ports are picked the same way)."""
+    while (port := free_port()) in taken:
+        pass
+    return port
+
+
+def avro_worker(make_worker: Callable[..., Worker], bootstrap: str, name: str = "worker",
+                **env: str) -> tuple[Worker, int]:
+    w = make_worker(bootstrap, name=name, start=False, **env)
+    port = other_port(w.thrift_port, w.web_port)
+    w.env_extra |= {"SPILLWAY_SOURCE_AVRO_ENABLED": "true", "SPILLWAY_SOURCE_AVRO_HOST": "127.0.0.1",
+                    "SPILLWAY_SOURCE_AVRO_PORT": str(port)}
+    return w.start(), port
 
 
 def avro_send(port: int, compression: str, mode: str, count: int, topic: str,

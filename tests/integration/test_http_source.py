@@ -24,9 +24,12 @@ pytestmark = pytest.mark.kafka
 
 
 def http_worker(make_worker: Callable[..., Worker], bootstrap: str, **env: str) -> tuple[Worker, str]:
-    port = free_port()
-    w = make_worker(bootstrap, SPILLWAY_SOURCE_HTTP_ENABLED="true", SPILLWAY_SOURCE_HTTP_HOST="127.0.0.1",
-                    SPILLWAY_SOURCE_HTTP_PORT=str(port), **env)
+    w = make_worker(bootstrap, start=False, **env)
+    while (port := free_port()) in (w.thrift_port, w.web_port):
+        pass
+    w.env_extra |= {"SPILLWAY_SOURCE_HTTP_ENABLED": "true", "SPILLWAY_SOURCE_HTTP_HOST": "127.0.0.1",
+                    "SPILLWAY_SOURCE_HTTP_PORT": str(port)}
+    w.start()
     return w, f"http://127.0.0.1:{port}/"
 
 

@@ -85,10 +85,16 @@ public class ScaleOutSend {
 @pytest.mark.parametrize("client_type", ["default_failover", "default_loadbalance"])
 def test_flumes_failover_and_load_balancing_clients_lose_nothing_when_a_node_is_killed(
         kafka_up: Broker, kafka_proxy: TcpProxy, make_worker: Callable[..., Worker], client_type: str) -> None:
-    ports = [free_port(), free_port()]
-    nodes = [make_worker(kafka_up.bootstrap, name=f"node{i}", SPILLWAY_SOURCE_AVRO_ENABLED="true",
-                         SPILLWAY_SOURCE_AVRO_HOST="127.0.0.1", SPILLWAY_SOURCE_AVRO_PORT=str(port))
-             for i, port in enumerate(ports)]
+    nodes, ports = [], []
+    for i in range(2):
+        w = make_worker(kafka_up.bootstrap, name=f"node{i}", start=False)
+        taken = {w.thrift_port, w.web_port, *ports, *(p for n in nodes for p in (n.thrift_port, n.web_port))}
+        while (port := free_port()) in taken:
+            pass
+        w.env_extra |= {"SPILLWAY_SOURCE_AVRO_ENABLED": "true", "SPILLWAY_SOURCE_AVRO_HOST": "127.0.0.1",
+                        "SPILLWAY_SOURCE_AVRO_PORT": str(port)}
+        nodes.append(w.start())
+        ports.append(port)
     topic, batches = unique(f"scale-{client_type}"), 120
     flume.compile_java(SENDER, "ScaleOutSend")
     kafka_proxy.cut()  # both nodes spill: the killed node's buffer must drain after its restart
