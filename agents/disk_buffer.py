@@ -7,8 +7,13 @@ is queued, writes it with one ``pwrite`` and one ``fsync`` (off the loop, via
 
 Files in ``directory`` are ``{seq:020d}.seg`` (format: :mod:`agents.segments`),
 oldest first. The last one may be *active* (open for append); all the others are
-*closed* and immutable. On start every existing segment is recovered and treated
-as closed; the first append opens a new active segment. Sequence numbers never
+*closed* and immutable. Closing a segment (roll, stop) writes its *seal* beside it,
+``{seq:020d}.seg.sealed``: its size, event count and first receive time, fsynced. On start a
+segment whose seal matches its size is taken as the seal says, unread: start-up does not
+grow with the backlog. Only a segment without a (matching) seal -- the one open at a crash
+or power cut -- is recovered (scanned, torn tail cut) before the source listens. Damage in a
+sealed segment is found by the drain, which checks every CRC and recovers the segment then.
+All segments on disk are closed after start; the first append opens a new active segment. Sequence numbers never
 go back: the next one is ``max(highest seen + 1, now in microseconds)``, so a
 name is not reused even after the drain deleted every segment.
 
@@ -20,6 +25,7 @@ write while the disk refuses), so nothing unacknowledged looks acknowledged.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import re
@@ -123,6 +129,47 @@ def _remove(path: Path, fsync: bool) -> None:
         fsync_dir(path.parent)
 
 
+SEAL_SUFFIX: Final = ".sealed"
+
+
+def seal_path(segment: Path) -> Path:
+    return segment.with_name(segment.name + SEAL_SUFFIX)
+
+
+def _write_seal(seg: _Segment) -> None:
+    """In a thread: write ``seg``'s seal (temp file, fsync, rename). A seal lost in a power
+    cut costs a scan at the next start, never an event, so the directory is not fsynced."""
+    path = seal_path(seg.path)
+    tmp = path.with_name(path.name + ".tmp")
+    data = json.dumps({"size": seg.size, "events": seg.events, "first_ts": seg.first_ts}).encode()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def _read_seal(segment: Path, size: int) -> _Segment | None:
+    """The segment as its seal describes it, or None: no seal, unreadable, or not this size."""
+    try:
+        meta = json.loads(seal_path(segment).read_bytes())
+        if meta["size"] != size or not isinstance(meta["events"], int) or meta["events"] < 0:
+            return None
+        first_ts = meta["first_ts"]
+        return _Segment(segment, size, meta["events"], int(first_ts) if first_ts is not None else None)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        logger.warning("disk buffer: ignoring the seal of %s (%s): scanning the segment", segment, exc)
+        return None
+
+
+def _unseal(segment: Path) -> None:
+    seal_path(segment).unlink(missing_ok=True)
+
+
 class DiskBuffer:
     """Durable spill buffer: ``await start()``, ``await append(records)``, ``await stop()``."""
 
@@ -155,6 +202,8 @@ class DiskBuffer:
         self._restarts: list[float] = []  # monotonic times of recent writer restarts
         self._restart_handle: asyncio.TimerHandle | None = None
         self.writer_restarts = 0
+        #: segments start-up had to read (no seal matching them): the one open at a crash
+        self.scanned_at_start = 0
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -180,17 +229,26 @@ class DiskBuffer:
 
     def _load(self) -> tuple[list[_Segment], int, int]:
         make_dirs(self.quarantine_dir)  # and the buffer directory itself, each durably
-        for tmp in self.directory.glob("*.seg.tmp"):  # a recovery rewrite cut short
-            logger.warning("disk buffer: removing leftover %s", tmp)
+        for tmp in [*self.directory.glob("*.seg.tmp"), *self.directory.glob("*.seg.sealed.tmp")]:
+            logger.warning("disk buffer: removing leftover %s", tmp)  # a rewrite or a seal cut short
             tmp.unlink()
+        for seal in self.directory.glob("*.seg" + SEAL_SUFFIX):
+            if not seal.with_name(seal.name[:-len(SEAL_SUFFIX)]).exists():
+                seal.unlink()  # its segment was deleted (the seal goes first; a crash between)
         segments: list[_Segment] = []
-        max_seq = quarantined = 0
+        max_seq = quarantined = scanned = 0
         for path in sorted(self.directory.glob("*.seg")):
             match = _SEGMENT_RE.fullmatch(path.name)
             if match is None:
                 logger.warning("disk buffer: ignoring unexpected file %s", path)
                 continue
             max_seq = max(max_seq, int(match.group(1)))
+            sealed = _read_seal(path, path.stat().st_size) if self.fsync else None
+            if sealed is not None:
+                segments.append(sealed)
+                continue
+            _unseal(path)
+            scanned += 1
             report = recover_segment(path, self.quarantine_dir)
             quarantined += len(report.quarantined_ranges)
             if report.removed:
@@ -200,8 +258,20 @@ class DiskBuffer:
             if report.kept_events == 0:
                 _remove(path, self.fsync)
                 continue
-            segments.append(_Segment(path, report.kept_bytes, report.kept_events, report.first_ts))
+            seg = _Segment(path, report.kept_bytes, report.kept_events, report.first_ts)
+            segments.append(seg)
+            self._seal_quietly(seg)
+        self.scanned_at_start = scanned
         return segments, max_seq, quarantined
+
+    def _seal_quietly(self, seg: _Segment) -> None:
+        """In a thread: seal a closed segment; a failure only means a scan at the next start."""
+        if not self.fsync:  # unsynced segments may lose bytes the seal would vouch for
+            return
+        try:
+            _write_seal(seg)
+        except OSError as exc:
+            logger.warning("disk buffer: cannot seal %s (%s): it will be scanned at the next start", seg.path, exc)
 
     async def stop(self) -> None:
         """Refuse new appends, write and fsync all that is queued, close. Idempotent.
@@ -449,6 +519,8 @@ class DiskBuffer:
         if active.seg.events == 0:
             self._forget(active.seg)
             await asyncio.to_thread(_remove, active.seg.path, self.fsync)
+        else:
+            await asyncio.to_thread(self._seal_quietly, active.seg)
 
     def _aged(self, active: _Active) -> bool:
         return active.first_write is not None and time.monotonic() - active.first_write >= self.segment_max_age
@@ -500,6 +572,7 @@ class DiskBuffer:
         seg = self._closed(path)
         self._forget(seg)
         try:
+            await asyncio.to_thread(_unseal, seg.path)  # first: a seal never outlives its segment's bytes
             await asyncio.to_thread(_remove, seg.path, self.fsync)
         except OSError as exc:
             self._adopt(seg)
@@ -511,6 +584,7 @@ class DiskBuffer:
         Events already noted as drained stay drained; a segment left empty is deleted.
         """
         seg = self._closed(path)
+        await asyncio.to_thread(_unseal, seg.path)  # the rewrite changes what the seal says
         report = await asyncio.to_thread(recover_segment, seg.path, self.quarantine_dir)
         self.quarantined_records += len(report.quarantined_ranges)
         self._forget(seg)
@@ -520,6 +594,9 @@ class DiskBuffer:
             self._adopt(seg)
             if report.kept_events == 0:
                 await self.delete_segment(seg.path)
+            else:
+                await asyncio.to_thread(self._seal_quietly,
+                                        _Segment(seg.path, report.kept_bytes, report.kept_events, report.first_ts))
         return report
 
     def _closed(self, path: Path) -> _Segment:

@@ -38,13 +38,14 @@ import asyncio
 import contextlib
 import fcntl
 import gzip
+import itertools
 import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import orjson
 
@@ -219,8 +220,14 @@ def archive(archive_dir: Path, segment: Path, records: Sequence[Record]) -> None
         fsync_dir(archive_dir)
 
 
+def _settled(task: asyncio.Future[Any]) -> None:
+    """A read-ahead left behind: retrieve its outcome so nothing is reported as lost."""
+    if not task.cancelled():
+        task.exception()
+
+
 async def drain_segment(path: Path, sender: Sender, *, start: int = HEADER_LEN, end: int | None = None,
-                        batch_events: int = 2000,
+                        batch_events: int = 2000, window: int = 1,
                         timeout: float = 5.0, limiter: RateLimiter | None = None,
                         keep: Callable[[Record], bool] | None = None,
                         archive_before_ms: int | None = None, archive_dir: Path | None = None,
@@ -234,55 +241,79 @@ async def drain_segment(path: Path, sender: Sender, *, start: int = HEADER_LEN, 
     ``keep`` filters (replay's --topic/--since/--until; the rest is skipped);
     events received before ``archive_before_ms`` go to ``archive_dir`` instead.
     ``end``: the size the buffer recorded (the frames must reach it exactly, else
-    CorruptRecord). ``before_chunk(first, end, n)`` runs before a chunk is sent,
-    ``on_chunk(end, sent, archived, refused)`` after it is acknowledged (running totals). Records Kafka refuses for
-    good go to ``on_refused`` (once the rest of their chunk is acknowledged) and the drain
-    goes on. Stops at the first chunk Kafka does not acknowledge (``complete=False``,
-    ``error`` set), or when the monotonic clock passes ``deadline`` (``complete=False``,
-    no error: call again to go on).
+    CorruptRecord). Chunks of ``batch_events`` go out ``window`` at a time, concurrently
+    (Kafka keeps each partition's order: they are submitted in file order), while the
+    next window is read ahead. ``before_chunk(first, end, n)`` runs before a window is
+    sent, ``on_chunk(end, sent, archived, refused)`` after the window (or its longest
+    acknowledged prefix of chunks) is acknowledged (running totals). Records Kafka refuses
+    for good go to ``on_refused`` (once the rest of their chunk is acknowledged) and the
+    drain goes on. Stops at the first chunk Kafka does not acknowledge (``complete=False``,
+    ``error`` set; ``sent`` then also counts what the window got acknowledged after the
+    acknowledged prefix: it goes again), or when the monotonic clock passes ``deadline``
+    (``complete=False``, no error: call again to go on).
     """
     sent = archived = skipped = refused = 0
     chunks = _chunks(path, start, batch_events, end)
+
+    def take() -> list[tuple[int, int, list[Record]]]:
+        return list(itertools.islice(chunks, max(1, window)))
+
+    ahead: asyncio.Future[list[tuple[int, int, list[Record]]]] = asyncio.ensure_future(asyncio.to_thread(take))
     while True:
         if deadline is not None and time.monotonic() > deadline:
+            ahead.add_done_callback(_settled)
             return SegmentResult(sent, archived, skipped, False)
-        item = await asyncio.to_thread(next, chunks, None)
-        if item is None:
+        items = await ahead
+        if not items:
             return SegmentResult(sent, archived, skipped, True, refused=refused)
-        first, chunk_end, records = item
-        if keep is not None:
-            kept = [r for r in records if keep(r)]
-            skipped += len(records) - len(kept)
-            records = kept
+        ahead = asyncio.ensure_future(asyncio.to_thread(take))
+        first, window_end = items[0][0], items[-1][1]
         old: list[Record] = []
-        if archive_before_ms is not None:
-            old = [r for r in records if r.timestamp_ms < archive_before_ms]
-            if old:
+        batches: list[tuple[int, list[Record]]] = []  # (end offset, records to send) per chunk
+        for _, chunk_end, records in items:
+            if keep is not None:
+                kept = [r for r in records if keep(r)]
+                skipped += len(records) - len(kept)
+                records = kept
+            if archive_before_ms is not None and any(r.timestamp_ms < archive_before_ms for r in records):
+                old.extend(r for r in records if r.timestamp_ms < archive_before_ms)
                 records = [r for r in records if r.timestamp_ms >= archive_before_ms]
-        if counts is not None:
-            for r in records:
-                counts[r.topic] = counts.get(r.topic, 0) + 1
+            if counts is not None:
+                for r in records:
+                    counts[r.topic] = counts.get(r.topic, 0) + 1
+            batches.append((chunk_end, records))
         if dry_run:
-            sent += len(records)
+            sent += sum(len(records) for _, records in batches)
             continue
         if before_chunk is not None:
-            await asyncio.to_thread(before_chunk, first, chunk_end, len(records))
+            await asyncio.to_thread(before_chunk, first, window_end, sum(len(r) for _, r in batches))
         if old and archive_dir is not None:
             await asyncio.to_thread(archive, archive_dir, path, old)
             archived += len(old)
-        if records:
-            if limiter is not None:
-                await limiter.take(len(records))
-            delivery = await sender.send_within(records, timeout)
+        if limiter is not None:
+            await limiter.take(sum(len(records) for _, records in batches))
+        deliveries = await asyncio.gather(*(sender.send_within(records, timeout) for _, records in batches
+                                            if records))
+        done = iter(deliveries)
+        prefix_end = None
+        for i, (chunk_end, records) in enumerate(batches):
+            delivery = next(done) if records else Delivery()
             if delivery.unacked:
+                later = [next(done) for _, rest in batches[i + 1:] if rest]
+                again = sum(len(r) for _, r in batches[i + 1:] if r) - sum(
+                    len(d.unacked) + len(d.refused) for d in later)
                 acked = len(records) - len(delivery.unacked) - len(delivery.refused)
-                return SegmentResult(sent + acked, archived, skipped, False, delivery.error, refused)
+                if prefix_end is not None and on_chunk is not None:
+                    await asyncio.to_thread(on_chunk, prefix_end, sent, archived, refused)
+                ahead.add_done_callback(_settled)
+                return SegmentResult(sent + acked + again, archived, skipped, False, delivery.error, refused)
             if delivery.refused and on_refused is not None:
                 await asyncio.to_thread(on_refused, delivery.refused)
             refused += len(delivery.refused)
             sent += len(records) - len(delivery.refused)
+            prefix_end = chunk_end
         if on_chunk is not None:
-            await asyncio.to_thread(on_chunk, chunk_end, sent, archived, refused)
+            await asyncio.to_thread(on_chunk, window_end, sent, archived, refused)
 
 
 class Drain:
@@ -406,6 +437,7 @@ class Drain:
         def counted(end: int, sent: int, archived: int, refused: int) -> None:
             gone = (sent - last[0]) + (archived - last[1]) + (refused - last[2])
             chunk["gone"] += gone
+            chunk["first"] = end  # a failure after this resumes here
             write_progress(directory, Progress(path.name, end, size, chunk["gone"]))
             self.buffer.note_drained(path, gone)
             self.metrics.drained.inc(sent - last[0])
@@ -420,6 +452,7 @@ class Drain:
                     return SegmentResult(0, 0, 0, False, "locked")
                 result = await drain_segment(
                     path, self.sink, start=start, end=size, batch_events=self.settings.batch_events,
+                    window=self.settings.window,
                     timeout=self.timeout, limiter=self.limiter,
                     archive_before_ms=int(time.time() * 1000) - max_age_ms,
                     archive_dir=self.settings.archive_directory, before_chunk=before, on_chunk=counted,

@@ -31,8 +31,13 @@ from typing import Protocol
 
 from agents.router import Event
 from core.settings import (
-    HostInterceptorSettings, InterceptorSettings, RegexFilterInterceptorSettings, RemoveHeaderInterceptorSettings,
-    StaticInterceptorSettings, TimestampInterceptorSettings, UUIDInterceptorSettings,
+    HostInterceptorSettings,
+    InterceptorSettings,
+    RegexFilterInterceptorSettings,
+    RemoveHeaderInterceptorSettings,
+    StaticInterceptorSettings,
+    TimestampInterceptorSettings,
+    UUIDInterceptorSettings,
 )
 
 #: called with an interceptor's label and how many events of a call it filtered out

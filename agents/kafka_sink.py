@@ -32,6 +32,7 @@ from aiokafka.partitioner import murmur2
 from aiokafka.protocol.metadata import MetadataRequest
 from aiokafka.structs import TopicPartition
 
+from agents.kafka_auth import explain, kafka_auth
 from agents.records import Delivery, Record
 from core.errors import SinkError, SinkRefused
 from core.settings import KafkaSettings
@@ -115,6 +116,7 @@ class _Lane:
                 if self.queue:
                     batch, fut, recs = self.queue.popleft()
                 elif self.open is not None:
+                    assert self.open_fut is not None
                     batch, fut, recs = self.open, self.open_fut, self.open_recs
                     self.open, self.open_fut, self.open_recs = None, None, []
                 else:
@@ -278,21 +280,22 @@ class KafkaSink:
 
     def _build(self) -> AIOKafkaProducer:
         s = self.settings
-        timeout_ms = int(s.request_timeout * 1000)
+        p = s.producer
         self.producers_built += 1
         return AIOKafkaProducer(
             bootstrap_servers=s.bootstrap_servers,
             client_id=s.client_id,
             acks="all",
             enable_idempotence=True,
-            request_timeout_ms=timeout_ms,
-            retry_backoff_ms=100,
-            linger_ms=int(s.linger * 1000),
-            max_batch_size=s.max_batch_bytes,
-            max_request_size=max(s.max_batch_bytes + 4096, 1_048_576),
-            compression_type=None if s.compression == "none" else s.compression,
-            metadata_max_age_ms=int(s.metadata_max_age * 1000),
-            connections_max_idle_ms=540_000,
+            request_timeout_ms=p.request_timeout_ms,
+            retry_backoff_ms=p.retry_backoff_ms,
+            linger_ms=p.linger_ms,
+            max_batch_size=p.max_batch_size,
+            max_request_size=p.request_size(),
+            compression_type=None if p.compression_type == "none" else p.compression_type,
+            metadata_max_age_ms=p.metadata_max_age_ms,
+            connections_max_idle_ms=p.connections_max_idle_ms or None,
+            **kafka_auth(s),
         )
 
     @property
@@ -308,9 +311,9 @@ class KafkaSink:
         self.producers = [self._build() for _ in range(self.settings.producers)]
         self.generations = [0] * len(self.producers)
         try:
-            await asyncio.wait_for(asyncio.gather(*(p.start() for p in self.producers)),
+            await asyncio.wait_for(asyncio.gather(*(self._start_producer(p) for p in self.producers)),
                                    self.settings.request_timeout)
-        except (KafkaError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, KafkaError, OSError) as exc:
             logger.warning("kafka sink: Kafka at %s is not reachable at start (%s)",
                            self.settings.bootstrap_servers, exc or type(exc).__name__)
 
@@ -325,7 +328,7 @@ class KafkaSink:
         for producer in self.producers:
             try:
                 await asyncio.wait_for(producer.stop(), self.settings.request_timeout)
-            except (KafkaError, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, KafkaError, OSError) as exc:
                 logger.warning("kafka sink: producer did not close cleanly: %r", exc)
 
     async def _ensure_bootstrapped(self) -> None:
@@ -341,7 +344,20 @@ class KafkaSink:
                     self._swap(i)
                     producer, task = self.producers[i], None
                 if task is None:
-                    await producer.start()
+                    await self._start_producer(producer)
+
+    async def _start_producer(self, producer: AIOKafkaProducer) -> None:
+        """Start a producer. When it cannot bootstrap because the broker refuses our TLS or SASL
+        settings (aiokafka says only "Unable to bootstrap"), raise a KafkaAuthError naming why."""
+        try:
+            await producer.start()
+        except kafka_errors.KafkaConnectionError as exc:
+            if self.settings.security_protocol == "PLAINTEXT":
+                raise
+            why = await explain(self.settings, self.settings.request_timeout)
+            if why is None:
+                raise
+            raise why from exc
 
     async def _check_topic(self, topic: str) -> None:
         """Ask Kafka whether ``topic`` can be written; raise SinkRefused when it says no for good.
@@ -450,7 +466,8 @@ class KafkaSink:
             futures_of[tp] = futs
         return list(records), [futures_of[tp].pop() for tp in lane_of], refused
 
-    async def send_within(self, records: Sequence[Record], timeout: float, *, whole: bool = False) -> Delivery:
+    async def send_within(self, records: Sequence[Record],
+                          timeout: float, *, whole: bool = False) -> Delivery:  # noqa: ASYNC109
         """Send and wait at most ``timeout`` seconds for Kafka's acks.
 
         ``whole`` (a client's call, answered as one): a record Kafka refuses for good ends
@@ -475,17 +492,17 @@ class KafkaSink:
             if fut in pending:
                 delivery.unacked.append(rec)
                 continue
-            exc = fut.exception()
-            if exc is None:
+            err = fut.exception()
+            if err is None:
                 outcome = fut.result()
-                if outcome is None or (exc := outcome[index]) is None:
+                if outcome is None or (err := outcome[index]) is None:
                     continue
-            if isinstance(exc, SinkRefused):
-                delivery.refused.append((rec, exc))
+            if isinstance(err, SinkRefused):
+                delivery.refused.append((rec, err))
             else:
                 delivery.unacked.append(rec)
                 if delivery.error is None:
-                    delivery.error = repr(exc)
+                    delivery.error = repr(err)
         if pending:
             if delivery.error is None:
                 delivery.error = f"no ack within {timeout:g}s"
@@ -502,7 +519,7 @@ class KafkaSink:
         if not fut.cancelled() and fut.exception() is None and self.on_late_ack is not None:
             self.on_late_ack(n)
 
-    async def probe(self, timeout: float) -> bool:
+    async def probe(self, timeout: float) -> bool:  # noqa: ASYNC109
         """An active check: does Kafka answer a metadata request now?"""
         try:
             async with asyncio.timeout(timeout):

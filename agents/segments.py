@@ -149,29 +149,44 @@ def decode_payload(payload: bytes) -> Record:
         if len(payload) < 4:
             raise ValueError("payload shorter than its meta length")
         (meta_len,) = _U32.unpack_from(payload)
-        if 4 + meta_len > len(payload):
+        end = 4 + meta_len
+        if end > len(payload):
             raise ValueError(f"meta length {meta_len} overruns payload of {len(payload)}")
-        meta = orjson.loads(payload[4 : 4 + meta_len])
-        topic = meta["t"]
-        if meta.get("tb"):
-            topic = _unb64(topic).decode("utf-8", "surrogatepass")
-        key = meta["k"]
-        if key is not None:
-            key = _unb64(key) if meta.get("kb") else key.encode("utf-8")
-        headers: list[tuple[str, bytes]] = []
-        for entry in meta["h"]:
-            name, value, flags = (*entry, 0) if len(entry) == 2 else entry
-            if flags & 2:
-                name = _unb64(name).decode("utf-8", "surrogatepass")
-            if not isinstance(name, str):
-                raise TypeError(f"header name {name!r}")
-            headers.append((name, _unb64(value) if flags & 1 else value.encode("utf-8")))
-        ts = meta["ts"]
-        if not isinstance(topic, str) or type(ts) is not int:
-            raise TypeError(f"bad topic or timestamp: {topic!r}, {ts!r}")
-        return Record(topic, key, tuple(headers), bytes(payload[4 + meta_len :]), ts)
+        meta = orjson.loads(payload[4:end])
+        if len(meta) == 4:  # {"t", "k", "h", "ts"}: no escapes, the common case in one pass
+            try:
+                headers = tuple([(name, value.encode()) for name, value in meta["h"]])
+            except (ValueError, TypeError, AttributeError):
+                headers = None  # an escaped entry ([name, value, flags]) or a bad one: the full path says
+            if headers is not None:
+                topic, key, ts = meta["t"], meta["k"], meta["ts"]
+                if topic.__class__ is str and ts.__class__ is int and all(n.__class__ is str for n, _ in headers):
+                    return Record(topic, None if key is None else key.encode(), headers, payload[end:], ts)
+        return _decode_escaped(payload, meta, end)
     except (ValueError, TypeError, KeyError, AttributeError, binascii.Error) as exc:
         raise CorruptRecord(f"payload does not decode: {exc}") from exc
+
+
+def _decode_escaped(payload: bytes, meta: Any, end: int) -> Record:
+    """The general path of :func:`decode_payload`: every escape, every check."""
+    topic = meta["t"]
+    if meta.get("tb"):
+        topic = _unb64(topic).decode("utf-8", "surrogatepass")
+    key = meta["k"]
+    if key is not None:
+        key = _unb64(key) if meta.get("kb") else key.encode("utf-8")
+    headers: list[tuple[str, bytes]] = []
+    for entry in meta["h"]:
+        name, value, flags = (*entry, 0) if len(entry) == 2 else entry
+        if flags & 2:
+            name = _unb64(name).decode("utf-8", "surrogatepass")
+        if not isinstance(name, str):
+            raise TypeError(f"header name {name!r}")
+        headers.append((name, _unb64(value) if flags & 1 else value.encode("utf-8")))
+    ts = meta["ts"]
+    if not isinstance(topic, str) or type(ts) is not int:
+        raise TypeError(f"bad topic or timestamp: {topic!r}, {ts!r}")
+    return Record(topic, key, tuple(headers), bytes(payload[end:]), ts)
 
 
 def parse_frame_header(head: bytes) -> tuple[int, int]:

@@ -98,8 +98,9 @@ class Sink(Protocol):
 
     name: str
 
-    async def send_within(self, records: Sequence[Record], timeout: float, *, whole: bool = False) -> Delivery: ...
-    async def probe(self, timeout: float) -> bool: ...
+    async def send_within(self, records: Sequence[Record],
+                          timeout: float, *, whole: bool = False) -> Delivery: ...  # noqa: ASYNC109
+    async def probe(self, timeout: float) -> bool: ...  # noqa: ASYNC109
 
 
 class Channel(Protocol):

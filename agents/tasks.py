@@ -28,7 +28,7 @@ class TaskSet:
         if not task.cancelled() and (exc := task.exception()) is not None:
             logger.error("%s: a background task failed: %r", self.name, exc, exc_info=exc)
 
-    async def wait(self, timeout: float) -> set[asyncio.Task[Any]]:
+    async def wait(self, timeout: float) -> set[asyncio.Task[Any]]:  # noqa: ASYNC109
         """Wait for the tasks running now; return those still running at the timeout."""
         if not self.tasks:
             return set()

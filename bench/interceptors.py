@@ -17,8 +17,13 @@ from collections.abc import Callable, Sequence
 from agents.interceptors import Chain
 from agents.router import Event
 from core.settings import (
-    HostInterceptorSettings, InterceptorSettings, RegexFilterInterceptorSettings, RemoveHeaderInterceptorSettings,
-    StaticInterceptorSettings, TimestampInterceptorSettings, UUIDInterceptorSettings,
+    HostInterceptorSettings,
+    InterceptorSettings,
+    RegexFilterInterceptorSettings,
+    RemoveHeaderInterceptorSettings,
+    StaticInterceptorSettings,
+    TimestampInterceptorSettings,
+    UUIDInterceptorSettings,
 )
 
 CASES: list[tuple[str, list[InterceptorSettings]]] = [

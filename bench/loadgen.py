@@ -154,7 +154,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     return {
         "seconds": round(elapsed, 2), "calls": len(lat), "statuses": statuses, "events_acked": events_ok,
-        "events_per_second": round(events_ok / elapsed), "mb_per_second": round(events_ok * args.size / elapsed / 1e6, 2),
+        "events_per_second": round(events_ok / elapsed),
+        "mb_per_second": round(events_ok * args.size / elapsed / 1e6, 2),
         "latency_ms": {"p50": pct(0.50), "p99": pct(0.99), "max": round(lat[-1] * 1000, 2) if lat else 0.0},
         "batch": args.batch, "size": args.size, "processes": args.processes, "connections": args.connections,
         "protocol": args.protocol,

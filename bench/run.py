@@ -10,6 +10,7 @@ topics, each event keyed). Scenarios:
 
 - ``healthy``: Kafka acknowledges (acks=all) before the client is answered;
 - ``kafka_down``: the worker's Kafka is unreachable, the disk buffer (fsync) acknowledges;
+- ``drain_alone``: a backlog drains into Kafka with no live load (events/s, CPU µs an event);
 - ``drain``: a backlog in the buffer drains into Kafka while live load continues;
 - baselines: a bare aiokafka producer with the same records (acks=all); Kafka's own Java
   ``ProducerPerformance``; Apache Flume 1.11's own agent (ThriftSource -> memory channel ->
@@ -24,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import signal
 import subprocess
@@ -35,9 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from devtools.kafka import KAFKA_VERSION, Broker, fetch
 from devtools import flume
 from devtools.flume import FLUME_VERSION
+from devtools.kafka import KAFKA_VERSION, Broker, fetch
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -159,14 +161,21 @@ def load(port: int, seconds: float, args: argparse.Namespace, watch: int | None 
     cpu0 = _cpu_seconds(watch) if watch else 0.0
     t0 = time.monotonic()
     peak = 0.0
+    children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     gen = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
     while gen.poll() is None:
         if watch:
             peak = max(peak, _rss_mb(watch))
         time.sleep(0.25)
+    elapsed = time.monotonic() - t0
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)  # the generator and its processes, reaped
     out = json.loads(gen.stdout.read() if gen.stdout else "{}")
+    gen_cpu = (children.ru_utime - children0.ru_utime) + (children.ru_stime - children0.ru_stime)
+    out["loadgen_cpu_percent"] = round(100 * gen_cpu / elapsed)
     if watch:
-        out["server_cpu_percent"] = round((_cpu_seconds(watch) - cpu0) / (time.monotonic() - t0) * 100)
+        cpu = _cpu_seconds(watch) - cpu0
+        out["server_cpu_percent"] = round(cpu / elapsed * 100)
+        out["server_cpu_us_per_event"] = round(cpu / elapsed / max(1, out.get("events_per_second", 0)) * 1e6, 1)
         out["server_peak_rss_mb"] = round(max(peak, _rss_mb(watch)), 1)
     return out
 
@@ -315,6 +324,41 @@ def drain_scenario(work: Path, bootstrap: str, args: argparse.Namespace, backlog
         up.stop()
 
 
+def fill_buffer(workdir: Path, args: argparse.Namespace, backlog: int) -> None:
+    """Fill ``workdir``'s buffer with at least ``backlog`` events, Kafka unreachable."""
+    down = Spillway(workdir, f"127.0.0.1:{free_port()}").start()
+    try:
+        t0 = time.monotonic()
+        while down.status()["buffer"]["events"] < backlog and time.monotonic() - t0 < 900:
+            load(down.thrift_port, 5, args)
+    finally:
+        down.stop()
+
+
+def drain_alone_scenario(work: Path, bootstrap: str, args: argparse.Namespace, backlog: int,
+                         extra: dict[str, str] | None = None) -> dict[str, Any]:
+    """Fill the buffer, then drain it into Kafka with no live load: events/s and the worker's CPU."""
+    workdir = work / "drain-alone"
+    fill_buffer(workdir, args, backlog)
+    up = Spillway(workdir, bootstrap, extra=dict(extra or {})).start()
+    try:
+        assert up.proc is not None
+        start = up.status()
+        cpu0, t0 = _cpu_seconds(up.proc.pid), time.monotonic()
+        while up.status()["buffer"]["events"] > 0 and time.monotonic() - t0 < 1800:
+            time.sleep(0.2)
+        elapsed, cpu = time.monotonic() - t0, _cpu_seconds(up.proc.pid) - cpu0
+        end = up.status()
+        drained = end["drain"]["drained_total"] - start["drain"]["drained_total"]
+        return {"backlog_events": start["buffer"]["events"], "drained": drained,
+                "events_per_second": round(drained / elapsed), "seconds": round(elapsed, 1),
+                "server_cpu_percent": round(100 * cpu / elapsed),
+                "cpu_us_per_event": round(1e6 * cpu / max(1, drained), 1),
+                "duplicates": end["counters"]["duplicates"]}
+    finally:
+        up.stop()
+
+
 def machine() -> dict[str, Any]:
     mem = next((int(line.split()[1]) // 1024 for line in Path("/proc/meminfo").read_text().splitlines()
                 if line.startswith("MemTotal")), 0)
@@ -371,6 +415,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_flume and want("flume"):
             results["flume_memory"] = flume_agent(work / "flume-mem", broker.bootstrap, "memory", args.seconds, args)
             results["flume_file"] = flume_agent(work / "flume-file", broker.bootstrap, "file", args.seconds, args)
+        if want("drain_alone"):
+            results["drain_alone"] = drain_alone_scenario(work, broker.bootstrap, args, args.backlog)
         if want("drain"):
             results["drain"] = drain_scenario(work, broker.bootstrap, args, args.backlog)
         if args.long and want("long"):
@@ -405,6 +451,7 @@ def report(results: dict[str, Any], write: bool) -> None:
         lat = r.get("latency_ms", {})
         rows.append(f"| {name} | {r['events_per_second']:,} | {r.get('mb_per_second', '-')} | {lat.get('p50', '-')} | "
                     f"{lat.get('p99', '-')} | {lat.get('max', '-')} | {r.get('server_cpu_percent', '-')} | "
+                    f"{r.get('server_cpu_us_per_event', '-')} | {r.get('loadgen_cpu_percent', '-')} | "
                     f"{r.get('server_peak_rss_mb', '-')} |")
     h = results.get("healthy")
     lines = [
@@ -415,8 +462,9 @@ def report(results: dict[str, Any], write: bool) -> None:
         f"appendBatch of {results['args']['batch']} × {results['args']['size']} B ({results['args']['protocol']}), "
         f"{results['args']['seconds']} s a scenario.",
         "",
-        "| scenario | acked events/s | MB/s | p50 ms | p99 ms | max ms | server CPU % | server peak RSS MB |",
-        "|---|---|---|---|---|---|---|---|",
+        "| scenario | acked events/s | MB/s | p50 ms | p99 ms | max ms | server CPU % | server CPU µs/event "
+        "| load generator CPU % | server peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
         *rows,
         "",
         "Ratios (spillway healthy / baseline): "
@@ -428,8 +476,17 @@ def report(results: dict[str, Any], write: bool) -> None:
     ]
     down = results.get("kafka_down")
     if down and down.get("disk_bytes_per_event"):
-        lines += ["", f"Disk buffer: {down['disk_bytes_per_event']} bytes on disk per {results['args']['size']} B event "
+        size = results['args']['size']
+        lines += ["", f"Disk buffer: {down['disk_bytes_per_event']} bytes on disk per {size} B event "
                   "(body, topic, key, headers, receive time, framing and CRC)."]
+    a = results.get("drain_alone")
+    if a:
+        java = results.get("java_producer")
+        vs = f"{a['events_per_second'] / java['events_per_second']:.2f}x" if java else "-"
+        lines += ["", f"Drain alone (no live load) of {a['backlog_events']:,} buffered events: "
+                  f"{a['events_per_second']:,} events/s ({vs} Kafka's Java ProducerPerformance), {a['seconds']} s, "
+                  f"server CPU {a['server_cpu_percent']} %, {a['cpu_us_per_event']} µs/event; "
+                  f"duplicates {a['duplicates']}."]
     d = results.get("drain")
     if d:
         live = d["live"]["events_per_second"]

@@ -1,10 +1,16 @@
 """Settings: one TOML file, environment overrides, one typed, validated, frozen object.
 
-Load order for every key: the default below, then ``config/spillway.toml`` (or the
-file named by ``SPILLWAY_CONFIG``), then ``SPILLWAY_<SECTION>_<KEY>`` from the
-environment (upper case, dots to underscores: ``source.thrift.port`` is
-``SPILLWAY_SOURCE_THRIFT_PORT``). A bad value fails at start with a
-:class:`~core.errors.ConfigError` that names the key.
+Load order for every key: the default below, then one file (the one ``SPILLWAY_CONFIG``
+names, else ``./spillway.toml`` when the current directory has one, else the commented
+defaults shipped in the package, :data:`DEFAULT_CONFIG`), then ``SPILLWAY_<SECTION>_<KEY>``
+from the environment (upper case, dots to underscores: ``source.thrift.port`` is
+``SPILLWAY_SOURCE_THRIFT_PORT``). A bad value, an unknown key, or a ``SPILLWAY_*``
+variable that is no setting (:data:`NOT_SETTINGS` lists the project's other variables)
+fails at start with a :class:`~core.errors.ConfigError` that names it, and the nearest key.
+
+``[kafka.producer]`` passes further settings to the cluster's aiokafka producers
+(:class:`ProducerSettings`); the flat names those settings had before it are aliases
+(:data:`KAFKA_ALIASES`). Settings that would break the promise are refused.
 
 Durations take seconds as a number or a string with a unit (``250ms``, ``5s``,
 ``10m``, ``2h``, ``7d``); sizes take bytes as a number or a string with a unit
@@ -13,18 +19,22 @@ Durations take seconds as a number or a string with a unit (``250ms``, ``5s``,
 ``[[interceptors]]`` is an array of tables, each with a ``type`` (Flume's built-ins:
 :data:`INTERCEPTOR_TYPES`) and that type's keys; it is set in the file only (no
 environment override) and its keys are named ``interceptors[<index>].<key>``.
+
+A password (``kafka.sasl_password``) is a :class:`Secret`: ``repr``, ``str`` and
+:meth:`Settings.flat` (check-config) show ``********``, and no error message shows it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import fnmatch
 import os
 import re
 import ssl
 import tomllib
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -33,7 +43,10 @@ import orjson
 
 from core.errors import ConfigError
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "spillway.toml"
+#: the commented defaults, shipped in the package (``spillway init`` copies it)
+DEFAULT_CONFIG = Path(__file__).resolve().with_name("spillway.toml")
+#: the file read from the current directory when ``SPILLWAY_CONFIG`` names none
+LOCAL_CONFIG = "spillway.toml"
 
 Duration = typing.NewType("Duration", float)
 Size = typing.NewType("Size", int)
@@ -42,28 +55,139 @@ _UNITS_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _UNITS_B = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
             "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 TOPIC_RE = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
+#: how a secret that is set is shown (check-config, /status, repr, logs)
+REDACTED = "********"
+
+
+class Secret:
+    """A setting never shown in clear: ``repr`` and ``str`` give ``'********'`` (or ``''``
+    when empty), :meth:`reveal` gives the value to whoever needs it (the Kafka client).
+    Immutable and compared by value; not a dataclass, so the loader takes it as one value."""
+
+    __slots__ = ("_value",)
+    _value: str
+
+    def __init__(self, value: str = "") -> None:
+        object.__setattr__(self, "_value", value)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("a Secret is immutable")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __str__(self) -> str:
+        return REDACTED if self._value else ""
+
+    def __repr__(self) -> str:
+        return repr(str(self))
+
+
+#: the largest millisecond or byte count Kafka's protocol carries (int32)
+_INT32 = 2**31 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class ProducerSettings:
+    """``[kafka.producer]``: further settings of a cluster's aiokafka producers, by aiokafka's
+    names (Flume's ``kafka.producer.*`` with ``_`` for ``.``: ``linger.ms`` is ``linger_ms``).
+
+    ``acks`` is always all and idempotence always on (the promise: :func:`_refuse_producer_key`);
+    the connection and security settings are flat ``kafka.*`` keys, shared with the drain,
+    the probes and ``spillway replay``."""
+
+    compression_type: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
+    #: extra wait to grow a batch; concurrent calls already share batches
+    linger_ms: int = 0
+    #: one Kafka record batch (keep <= the broker's message.max.bytes)
+    max_batch_size: Size = Size(1_000_000)
+    #: the largest request; 0: max_batch_size + 4 KiB, at least 1 MiB
+    max_request_size: Size = Size(0)
+    #: one produce request's timeout; also bounds a producer's start and stop and a probe
+    request_timeout_ms: int = 5_000
+    metadata_max_age_ms: int = 30_000
+    #: the wait before a failed request is retried
+    retry_backoff_ms: int = 100
+    #: close a connection idle this long; 0: never
+    connections_max_idle_ms: int = 540_000
+
+    def request_size(self) -> int:
+        """``max_request_size`` as aiokafka takes it (0 resolved)."""
+        return self.max_request_size or max(self.max_batch_size + 4096, 1_048_576)
+
+
+#: key -> (lowest, highest) for the producer's numbers
+_PRODUCER_RANGES: Mapping[str, tuple[int, int]] = {
+    "linger_ms": (0, _INT32),
+    "max_batch_size": (1, _INT32),
+    "max_request_size": (0, _INT32),
+    "request_timeout_ms": (1, _INT32),
+    "metadata_max_age_ms": (0, _INT32),
+    "retry_backoff_ms": (0, _INT32),
+    "connections_max_idle_ms": (0, _INT32),
+}
 
 
 @dataclass(frozen=True, slots=True)
 class KafkaSettings:
     """One Kafka cluster: ``[kafka]`` is the primary; each ``[[kafka.secondary]]`` table has the
-    same keys (its own ``name``, no further ``secondary``) and is tried, in order, after it."""
+    same keys (its own ``name``, its own ``producer`` table, no further ``secondary``) and is
+    tried, in order, after it. A secondary inherits nothing from ``[kafka]``: what it does not
+    set has the default."""
 
     name: str = "kafka"
     bootstrap_servers: str = "127.0.0.1:9092"
     client_id: str = "spillway"
-    request_timeout: Duration = Duration(5.0)
-    linger: Duration = Duration(0.0)
-    max_batch_bytes: Size = Size(1_000_000)
-    compression: Literal["none", "gzip", "lz4", "zstd"] = "none"
-    metadata_max_age: Duration = Duration(30.0)
     producers: int = 1
+    #: TLS and SASL to this cluster (agents/kafka_auth.py builds the client's arguments)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    sasl_username: str = ""
+    sasl_password: Secret = Secret()
+    #: a file holding the password (a mounted secret), instead of sasl_password
+    sasl_password_file: str = ""
+    ssl_cafile: str = ""
+    ssl_certfile: str = ""
+    ssl_keyfile: str = ""
+    ssl_check_hostname: bool = True
+    producer: ProducerSettings = field(default_factory=ProducerSettings)
     secondary: tuple[KafkaSettings, ...] = ()
 
     @property
     def clusters(self) -> tuple[KafkaSettings, ...]:
         """Every cluster by priority: this one, then its secondaries."""
         return (self, *self.secondary)
+
+    # The names of the producer settings before [kafka.producer] (KAFKA_ALIASES), in their units.
+
+    @property
+    def request_timeout(self) -> Duration:
+        return Duration(self.producer.request_timeout_ms / 1000)
+
+    @property
+    def linger(self) -> Duration:
+        return Duration(self.producer.linger_ms / 1000)
+
+    @property
+    def metadata_max_age(self) -> Duration:
+        return Duration(self.producer.metadata_max_age_ms / 1000)
+
+    @property
+    def max_batch_bytes(self) -> Size:
+        return self.producer.max_batch_size
+
+    @property
+    def compression(self) -> str:
+        return self.producer.compression_type
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +297,8 @@ class DrainSettings:
     archive_directory: Path = Path("var/archive")
     max_events_per_second: int = 200_000
     batch_events: int = 2_000
+    #: chunks of batch_events in flight at once (and read ahead): progress is fsynced once a window
+    window: int = 8
     timeout: Duration = Duration(30.0)
 
 
@@ -291,7 +417,7 @@ class Settings:
                     for i, item in enumerate(value):
                         walk(item, f"{prefix}{f.name}[{i}].")
                 else:
-                    out[f"{prefix}{f.name}"] = value
+                    out[f"{prefix}{f.name}"] = str(value) if isinstance(value, Secret) else value
 
         walk(self, "")
         return out
@@ -332,6 +458,10 @@ def parse_size(value: Any, key: str) -> Size:
 
 
 def _coerce(tp: Any, value: Any, key: str, from_env: bool) -> Any:
+    if tp is Secret:
+        if not isinstance(value, str):
+            raise ConfigError(key, f"expected a string, got a {type(value).__name__} (value not shown: a secret)")
+        return Secret(value)
     if tp is Duration:
         return parse_duration(value, key)
     if tp is Size:
@@ -393,11 +523,16 @@ def _build(cls: type, table: Mapping[str, Any], prefix: str, origin: str,
            env: Mapping[str, str], origins: dict[str, str]) -> Any:
     if not isinstance(table, Mapping):
         raise ConfigError(prefix.rstrip(".") or "<root>", "expected a table")
+    renamed: dict[str, str] = {}
+    if cls is KafkaSettings:
+        table, env, renamed = _kafka_table(table, prefix, env)
+    elif cls is ProducerSettings:
+        table = _producer_table(table, prefix)
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls) if f.name != "origins"}
     for name in table:
         if name not in known:
-            raise ConfigError(f"{prefix}{name}", "unknown key")
+            raise ConfigError(f"{prefix}{name}", "unknown key" + _nearest(name, known, _HINTS))
     kwargs: dict[str, Any] = {}
     for name in known:
         key = f"{prefix}{name}"
@@ -417,7 +552,7 @@ def _build(cls: type, table: Mapping[str, Any], prefix: str, origin: str,
                                  for i, item in enumerate(items))
             origins[key] = origin if name in table else "default"
             continue
-        env_name = "SPILLWAY_" + key.upper().replace(".", "_")
+        env_name = _env_name(key)
         if env_name in env:
             kwargs[name] = _coerce(tp, env[env_name], key, from_env=True)
             origins[key] = f"env:{env_name}"
@@ -426,7 +561,182 @@ def _build(cls: type, table: Mapping[str, Any], prefix: str, origin: str,
             origins[key] = origin
         else:
             origins[key] = "default"
+    origins.update(renamed)
     return cls(**kwargs)
+
+
+def _env_name(key: str) -> str:
+    return "SPILLWAY_" + key.upper().replace(".", "_")
+
+
+def _nearest(name: str, candidates: typing.Iterable[str], hints: Mapping[str, str] | None = None) -> str:
+    """``"; did you mean X?"`` for the candidate closest to a misspelt name, else ``""``."""
+    if hints and name in hints:
+        return f"; did you mean {hints[name]}?"
+    # compared without the prefix all share, which would make any two names look alike
+    stripped = {c.removeprefix("SPILLWAY_"): c for c in candidates}
+    close = difflib.get_close_matches(name.removeprefix("SPILLWAY_"), sorted(stripped), n=1, cutoff=0.6)
+    return f"; did you mean {stripped[close[0]]}?" if close else ""
+
+
+# -- [kafka.producer]: aliases, refusals ---------------------------------------------------------
+
+
+def _ms(value: Any, key: str) -> int:
+    return round(parse_duration(value, key) * 1000)
+
+
+def _as_is(value: Any, key: str) -> Any:
+    return value
+
+
+#: ``kafka.<old name>`` -> (``kafka.producer.<key>``, the old value in that key's unit): the names
+#: these settings had before ``[kafka.producer]``, kept working. Setting both names is an error.
+KAFKA_ALIASES: Mapping[str, tuple[str, Callable[[Any, str], Any]]] = {
+    "compression": ("compression_type", _as_is),
+    "linger": ("linger_ms", _ms),
+    "max_batch_bytes": ("max_batch_size", parse_size),
+    "request_timeout": ("request_timeout_ms", _ms),
+    "metadata_max_age": ("metadata_max_age_ms", _ms),
+}
+
+#: aiokafka producer arguments ``[kafka.producer]`` refuses, and why (the connection and security
+#: ones are flat ``kafka.*`` keys: :func:`_refuse_producer_key`)
+PRODUCER_REFUSED: Mapping[str, str] = {
+    "key_serializer": "not settable: spillway sends each event's key and body as the client sent them",
+    "value_serializer": "not settable: spillway sends each event's key and body as the client sent them",
+    "partitioner": "not settable: spillway picks the partition itself (murmur2 of the key, as Java's client)",
+    "transactional_id": "not settable: spillway's producers are idempotent, not transactional",
+    "transaction_timeout_ms": "not settable: spillway's producers are idempotent, not transactional",
+    "api_version": "not settable: aiokafka ignores it; the protocol version is agreed with each broker",
+    "loop": "not a setting",
+}
+#: Flume's (Java's) names that are no close spelling of ours
+_HINTS: Mapping[str, str] = {"batch": "max_batch_size", "batch_size": "max_batch_size",
+                             "batch.size": "max_batch_size"}
+#: aiokafka's name -> ours, for the security settings
+_SECURITY_NAMES: Mapping[str, str] = {"sasl_plain_username": "sasl_username", "sasl_plain_password": "sasl_password",
+                                      "ssl_context": "ssl_cafile"}
+
+
+def _refuse_producer_key(name: str, value: Any, key: str, cluster: str, from_env: bool) -> bool:
+    """Raise for a ``[kafka.producer]`` key that would break the promise or lives elsewhere;
+    True for one accepted as a no-op (``acks = "all"``, ``enable_idempotence = true``), False
+    for any other key. ``key`` is what the message names; ``cluster`` the cluster's prefix."""
+    if name == "acks":
+        if str(value).strip().lower() not in ("all", "-1"):
+            raise ConfigError(key, f"must be all (-1), got {value!r}: a client is told OK only for events "
+                              "every in-sync replica has (acks=all)")
+        return True
+    if name == "enable_idempotence":
+        if _coerce(bool, value, key, from_env) is not True:
+            raise ConfigError(key, "must be true: without idempotence a retried batch can be written twice "
+                              "or out of order")
+        return True
+    def flat(name: str) -> str:  # the cluster's own key for it, as the user wrote this one
+        return _env_name(cluster + name) if from_env else cluster + name
+
+    if name in ("bootstrap_servers", "client_id"):
+        raise ConfigError(key, f"is a connection setting, not a producer one: set {flat(name)}")
+    if "kerberos" in name or "oauth" in name:
+        raise ConfigError(key, f"not supported: {flat('sasl_mechanism')} is PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")
+    if name == "security_protocol" or name.startswith(("ssl_", "sasl_")):
+        target = flat(_SECURITY_NAMES.get(name, name))
+        raise ConfigError(key, f"is a security setting, not a producer one: set {target}")
+    if name in PRODUCER_REFUSED:
+        raise ConfigError(key, PRODUCER_REFUSED[name])
+    return False
+
+
+def _producer_table(table: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """``[kafka.producer]`` without its no-op keys; raise for a refused one."""
+    if not isinstance(table, Mapping):
+        raise ConfigError(prefix.rstrip("."), "expected a table")
+    cluster = prefix.removesuffix("producer.")
+    return {name: value for name, value in table.items()
+            if not _refuse_producer_key(name, value, f"{prefix}{name}", cluster, from_env=False)}
+
+
+def _kafka_table(table: Mapping[str, Any], prefix: str,
+                 env: Mapping[str, str]) -> tuple[dict[str, Any], Mapping[str, str], dict[str, str]]:
+    """One cluster's table and environment with the alias keys (:data:`KAFKA_ALIASES`) moved to
+    their ``producer.`` keys; and the origins of the values moved from the environment."""
+    if not isinstance(table, Mapping):
+        raise ConfigError(prefix.rstrip("."), "expected a table")
+    table = dict(table)
+    producer = table.get("producer", {})
+    if not isinstance(producer, Mapping):
+        raise ConfigError(f"{prefix}producer", "expected a table ([kafka.producer])")
+    producer = dict(producer)
+    hints = typing.get_type_hints(ProducerSettings)
+    moved_env: dict[str, str] = {}
+    renamed: dict[str, str] = {}
+    for old, (new, convert) in KAFKA_ALIASES.items():
+        old_key, new_key = f"{prefix}{old}", f"{prefix}producer.{new}"
+        if old in table:
+            if new in producer:
+                raise ConfigError(old_key, f"and {new_key} are one setting: set {new_key} only")
+            producer[new] = _coerce(hints[new], convert(table.pop(old), old_key), old_key, from_env=False)
+        old_env, new_env = _env_name(old_key), _env_name(new_key)
+        if old_env in env:
+            if new_env in env:
+                raise ConfigError(old_env, f"and {new_env} are one setting: set {new_env} only")
+            moved_env[new_env] = str(_coerce(hints[new], convert(env[old_env], old_key), old_key, from_env=False))
+            renamed[new_key] = f"env:{old_env}"
+    table["producer"] = producer
+    return table, ({**env, **moved_env} if moved_env else env), renamed
+
+
+# -- the environment ------------------------------------------------------------------------------
+
+#: ``SPILLWAY_*`` variables that are no setting: the one place that lets them pass the check
+#: of the environment (:func:`_check_environment`)
+NOT_SETTINGS: frozenset[str] = frozenset({
+    "SPILLWAY_CONFIG",                # the configuration file
+    "SPILLWAY_KAFKA_CACHE",           # devtools: where Kafka's and Flume's jars are kept
+    "SPILLWAY_KAFKA_FAST_JIT",        # devtools: a test broker that starts faster
+    "SPILLWAY_CHAOS_ROUNDS", "SPILLWAY_CHAOS_SEED", "SPILLWAY_CHAOS_FAULTS", "SPILLWAY_CHAOS_RECORD",  # tests
+    "SPILLWAY_FUZZ_FRAMES", "SPILLWAY_FUZZ_CONNECTIONS", "SPILLWAY_FUZZ_PROTOCOL", "SPILLWAY_FUZZ_SEED",
+    "SPILLWAY_HYPOTHESIS_PROFILE",
+})
+
+
+def _environment_names(cls: type = Settings, prefix: str = "") -> tuple[set[str], dict[str, str]]:
+    """The variable of every setting the environment can set; and those of the keys set in
+    the file only (arrays of tables), each with its key."""
+    names: set[str] = set()
+    file_only: dict[str, str] = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        if f.name == "origins":
+            continue
+        if dataclasses.is_dataclass(hints[f.name]):
+            inner, inner_file_only = _environment_names(hints[f.name], f"{key}.")
+            names |= inner
+            file_only.update(inner_file_only)
+        elif _table_array_of(hints[f.name]) is not None or (cls is Settings and f.name == "interceptors"):
+            file_only[_env_name(key)] = key
+        else:
+            names.add(_env_name(key))
+    if cls is KafkaSettings:
+        names |= {_env_name(f"{prefix}{old}") for old in KAFKA_ALIASES}
+    return names, file_only
+
+
+def _check_environment(env: Mapping[str, str]) -> None:
+    """Refuse a ``SPILLWAY_*`` variable that is no setting (a typo would otherwise be ignored),
+    naming it and the nearest one; never its value (it may be a secret)."""
+    names, file_only = _environment_names()
+    for var in sorted(env):
+        if not var.startswith("SPILLWAY_") or var in names or var in NOT_SETTINGS:
+            continue
+        if var in file_only:
+            raise ConfigError(var, f"[[{file_only[var]}]] is set in the configuration file only")
+        producer_key = var.removeprefix(_env_name("kafka.producer."))
+        if producer_key != var and _refuse_producer_key(producer_key.lower(), env[var], var, "kafka.", from_env=True):
+            continue
+        raise ConfigError(var, "is no spillway setting" + _nearest(var, names | NOT_SETTINGS))
 
 
 def _table_array_of(tp: Any) -> type | None:
@@ -453,6 +763,80 @@ def _validate_kafka(k: KafkaSettings) -> None:
             raise ConfigError(f"{key}.bootstrap_servers", "must name at least one broker")
         if not 1 <= cluster.producers <= 64:
             raise ConfigError(f"{key}.producers", "must be between 1 and 64")
+        _validate_kafka_security(cluster, key)
+        _validate_producer(cluster.producer, f"{key}.producer")
+
+
+def _validate_producer(p: ProducerSettings, prefix: str) -> None:
+    for name, (low, high) in _PRODUCER_RANGES.items():
+        value = getattr(p, name)
+        if not low <= value <= high:
+            raise ConfigError(f"{prefix}.{name}", f"must be between {low} and {high}, got {value}")
+    if p.max_request_size and p.max_request_size < p.max_batch_size:
+        raise ConfigError(f"{prefix}.max_request_size", f"must be at least max_batch_size ({p.max_batch_size}) "
+                          "or 0 (max_batch_size + 4 KiB, at least 1 MiB)")
+
+
+def _validate_kafka_security(k: KafkaSettings, key: str) -> None:
+    """TLS and SASL of one cluster: what its protocol needs is set, nothing it would ignore is,
+    every file can be read. No message shows a password."""
+    sasl = k.security_protocol in ("SASL_PLAINTEXT", "SASL_SSL")
+    tls = k.security_protocol in ("SSL", "SASL_SSL")
+    if not sasl:
+        for name in ("sasl_username", "sasl_password", "sasl_password_file"):
+            if getattr(k, name):
+                raise ConfigError(f"{key}.{name}", f"is set but {key}.security_protocol is {k.security_protocol} "
+                                  "(no SASL: it would not be used)")
+    if not tls:
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            if getattr(k, name):
+                raise ConfigError(f"{key}.{name}", f"is set but {key}.security_protocol is {k.security_protocol} "
+                                  "(no TLS: it would not be used)")
+    if sasl:
+        if not k.sasl_username:
+            raise ConfigError(f"{key}.sasl_username", f"is required with security_protocol {k.security_protocol}")
+        if k.sasl_password and k.sasl_password_file:
+            raise ConfigError(f"{key}.sasl_password_file", "sasl_password is set too: set one of them")
+        if not k.sasl_password and not k.sasl_password_file:
+            raise ConfigError(f"{key}.sasl_password", f"is required with security_protocol {k.security_protocol} "
+                              "(or sasl_password_file)")
+        if k.sasl_password_file:
+            _readable(f"{key}.sasl_password_file", k.sasl_password_file)
+            try:
+                with open(k.sasl_password_file, encoding="utf-8") as fh:
+                    empty = not fh.read().rstrip("\r\n")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"{key}.sasl_password_file", f"cannot be read: {type(exc).__name__}") from None
+            if empty:
+                raise ConfigError(f"{key}.sasl_password_file", f"{k.sasl_password_file} is empty")
+    if not tls:
+        return
+    if k.ssl_keyfile and not k.ssl_certfile:
+        raise ConfigError(f"{key}.ssl_keyfile", f"is set but {key}.ssl_certfile is not")
+    for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+        if getattr(k, name):
+            _readable(f"{key}.{name}", getattr(k, name))
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if k.ssl_cafile:
+        try:
+            ctx.load_verify_locations(cafile=k.ssl_cafile)
+        except ssl.SSLError as exc:
+            raise ConfigError(f"{key}.ssl_cafile", f"CA certificates do not load: {exc}") from None
+    if k.ssl_certfile:
+        def no_passphrase() -> str:
+            raise ConfigError(f"{key}.ssl_keyfile", "the private key is encrypted: give an unencrypted key")
+
+        try:
+            ctx.load_cert_chain(k.ssl_certfile, k.ssl_keyfile or None, password=no_passphrase)
+        except ssl.SSLError as exc:
+            raise ConfigError(f"{key}.ssl_certfile", f"certificate and key do not load: {exc}") from None
+
+
+def _readable(key: str, path: str) -> None:
+    if not os.path.isfile(path):
+        raise ConfigError(key, f"no such file: {path}")
+    if not os.access(path, os.R_OK):
+        raise ConfigError(key, f"not readable: {path}")
 
 
 def _build_interceptors(value: Any, origin: str, env: Mapping[str, str],
@@ -521,6 +905,9 @@ def _validate(s: Settings) -> None:
     _validate_kafka(s.kafka)
     if s.failover.timeout <= 0:
         raise ConfigError("failover.timeout", "must be positive")
+    for key, value in (("drain.batch_events", s.drain.batch_events), ("drain.window", s.drain.window)):
+        if value < 1:
+            raise ConfigError(key, "must be at least 1")
     if s.buffer.max_bytes < s.source.thrift.max_event_bytes:
         raise ConfigError("buffer.max_bytes", "must hold at least one event")
 
@@ -583,13 +970,21 @@ def _validate_tls(t: ThriftSettings | AvroSettings | HttpSettings, section: str)
                 raise ConfigError(f"{section}.tls_cafile", f"CA certificates do not load: {exc}") from None
 
 
+def config_path(env: Mapping[str, str] | None = None) -> Path:
+    """The file to read: ``SPILLWAY_CONFIG``, else ``./spillway.toml`` if there is one, else
+    the defaults shipped in the package."""
+    env = os.environ if env is None else env
+    if env.get("SPILLWAY_CONFIG"):
+        return Path(env["SPILLWAY_CONFIG"])
+    return Path(LOCAL_CONFIG) if os.path.isfile(LOCAL_CONFIG) else DEFAULT_CONFIG
+
+
 def load_settings(path: str | os.PathLike[str] | None = None,
                   env: Mapping[str, str] | None = None) -> Settings:
     """Load, override and validate the settings; raise ConfigError naming the key."""
     env = os.environ if env is None else env
-    if path is None:
-        path = env.get("SPILLWAY_CONFIG") or DEFAULT_CONFIG
-    path = Path(path)
+    _check_environment(env)
+    path = Path(path) if path is not None else config_path(env)
     try:
         with open(path, "rb") as fh:
             table = tomllib.load(fh)

@@ -10,6 +10,13 @@ The broker is Apache Kafka's own, resolved from Maven Central with Maven
 
 Options (all commands): ``--port`` (9092), ``--controller-port`` (9093),
 ``--data-dir`` (var/kafka), ``--heap`` (512m).
+
+Secured listeners, for tests of TLS and SASL (:class:`Broker`'s ``sasl_ssl_port`` and
+``ssl_port``): a ``SASL_SSL`` listener (SCRAM-SHA-512, its users created by
+``kafka-storage format --add-scram``) and an ``SSL`` listener that requires a client
+certificate (``ssl.client.auth=required``), both beside the ``PLAINTEXT`` one.
+:func:`make_certificates` makes what they need with openssl; :meth:`Broker.tool` runs one
+of Kafka's own tools (``set_scram_password`` is ``kafka-configs --alter --add-config``).
 """
 
 from __future__ import annotations
@@ -90,10 +97,30 @@ class Broker:
     advertised_port: int | None = None
     extra: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
+    #: a SASL_SSL listener (SCRAM-SHA-512) on this port, beside PLAINTEXT
+    sasl_ssl_port: int | None = None
+    #: an SSL listener on this port that requires a client certificate signed by ``ssl_truststore``
+    ssl_port: int | None = None
+    #: PEM: the broker's private key (unencrypted PKCS#8) followed by its certificate chain
+    ssl_keystore: Path | None = None
+    #: PEM: the CA certificates the broker trusts for client certificates
+    ssl_truststore: Path | None = None
+    #: SCRAM-SHA-512 users (name -> password), created when the storage is formatted
+    scram_users: dict[str, str] = field(default_factory=dict)
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.advertised_port or self.port}"
+
+    @property
+    def sasl_ssl_bootstrap(self) -> str:
+        assert self.sasl_ssl_port is not None, "no SASL_SSL listener"
+        return f"127.0.0.1:{self.sasl_ssl_port}"
+
+    @property
+    def ssl_bootstrap(self) -> str:
+        assert self.ssl_port is not None, "no SSL listener"
+        return f"127.0.0.1:{self.ssl_port}"
 
     @property
     def config_path(self) -> Path:
@@ -126,9 +153,38 @@ class Broker:
             "group.initial.rebalance.delay.ms": "0",
             "log.segment.bytes": str(64 * 1024 * 1024),
         }
+        props.update(self._secured_props())
         props.update(self.extra)
         self.config_path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
         (self.data_dir / "log4j2.properties").write_text(LOG4J2.format(level=self.log_level))
+
+    def _secured_props(self) -> dict[str, str]:
+        """The SASL_SSL and SSL listeners (none unless their ports are set)."""
+        secured = {name: port for name, port in (("SASL_SSL", self.sasl_ssl_port), ("SSL", self.ssl_port))
+                   if port is not None}
+        if not secured:
+            return {}
+        if self.ssl_keystore is None or self.ssl_truststore is None:
+            raise ValueError("a secured listener needs ssl_keystore and ssl_truststore")
+        plain = f"PLAINTEXT://127.0.0.1:{self.advertised_port or self.port}"
+        extra = ",".join(f"{name}://127.0.0.1:{port}" for name, port in secured.items())
+        props = {
+            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port},{extra}",
+            "advertised.listeners": f"{plain},{extra}",
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,"
+                                              + ",".join(f"{name}:{name}" for name in secured),
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.location": str(Path(self.ssl_keystore).resolve()),
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": str(Path(self.ssl_truststore).resolve()),
+        }
+        if "SASL_SSL" in secured:
+            props["sasl.enabled.mechanisms"] = "SCRAM-SHA-512"
+            props["listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config"] = (
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;")
+        if "SSL" in secured:
+            props["listener.name.ssl.ssl.client.auth"] = "required"
+        return props
 
     def _java(self, libs: Path, main: str, *args: str) -> list[str]:
         return [
@@ -143,12 +199,27 @@ class Broker:
         libs = fetch()
         self._write_config()
         if not (self.data_dir / "logs" / "meta.properties").exists():
+            scram = [arg for name, password in self.scram_users.items()
+                     for arg in ("--add-scram", f"SCRAM-SHA-512=[name={name},password={password}]")]
             subprocess.run(
                 self._java(libs, "kafka.tools.StorageTool", "format", f"--cluster-id={_cluster_id()}",
-                           "-c", str(self.config_path), "--ignore-formatted"),
+                           "-c", str(self.config_path), "--ignore-formatted", *scram),
                 check=True, stdout=subprocess.DEVNULL,
             )
         return self._java(libs, "kafka.Kafka", str(self.config_path))
+
+    def tool(self, main: str, *args: str, heap: str = "128m") -> subprocess.CompletedProcess[str]:
+        """Run one of Kafka's own command-line tools (its main class, e.g.
+        ``kafka.admin.ConfigCommand``) from the same jars; raises when it exits non-zero."""
+        cmd = ["java", f"-Xmx{heap}", "-cp", f"{fetch()}/*", main, *args]
+        return subprocess.run(cmd, check=True, capture_output=True, text=True)
+
+    def set_scram_password(self, name: str, password: str) -> None:
+        """Create or change a SCRAM-SHA-512 user, as ``kafka-configs --alter --add-config`` does
+        (over the PLAINTEXT listener)."""
+        self.tool("kafka.admin.ConfigCommand", "--bootstrap-server", self.bootstrap, "--alter",
+                  "--add-config", f"SCRAM-SHA-512=[password={password}]", "--entity-type", "users",
+                  "--entity-name", name)
 
     def start(self, timeout: float = 90.0) -> None:
         cmd = self.prepare()
@@ -192,6 +263,76 @@ class Broker:
         return self.proc is not None and self.proc.poll() is None
 
 
+@dataclass(frozen=True)
+class Certificates:
+    """Test certificates made by :func:`make_certificates` (PEM files in ``directory``)."""
+
+    directory: Path
+
+    @property
+    def ca(self) -> Path:
+        """The CA that signs the broker's and the client's certificates."""
+        return self.directory / "ca.pem"
+
+    @property
+    def broker_keystore(self) -> Path:
+        """The broker's key, certificate (SAN 127.0.0.1, localhost) and the CA: ``ssl.keystore.type=PEM``."""
+        return self.directory / "broker-keystore.pem"
+
+    @property
+    def client_cert(self) -> Path:
+        return self.directory / "client.pem"
+
+    @property
+    def client_key(self) -> Path:
+        return self.directory / "client.key"
+
+    @property
+    def rogue_ca(self) -> Path:
+        """A second CA nobody trusts."""
+        return self.directory / "rogue-ca.pem"
+
+    @property
+    def rogue_client_cert(self) -> Path:
+        """A client certificate signed by the rogue CA: the broker does not trust it."""
+        return self.directory / "rogue-client.pem"
+
+    @property
+    def rogue_client_key(self) -> Path:
+        return self.directory / "rogue-client.key"
+
+
+def make_certificates(directory: Path, days: int = 2) -> Certificates:
+    """With openssl: a CA, a broker certificate for 127.0.0.1/localhost, a client certificate,
+    and a second (rogue) CA with a client certificate of its own. Keys are unencrypted RSA."""
+    directory.mkdir(parents=True, exist_ok=True)
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    def ca(name: str) -> None:
+        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.pem",
+                "-days", str(days), "-subj", f"/CN=spillway test {name}",
+                "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+
+    def cert(name: str, signer: str, extensions: str) -> None:
+        (directory / f"{name}.ext").write_text(extensions)
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                "-subj", f"/CN={name}")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{signer}.pem", "-CAkey", f"{signer}.key",
+                "-CAcreateserial", "-out", f"{name}.pem", "-days", str(days), "-extfile", f"{name}.ext")
+
+    ca("ca")
+    ca("rogue-ca")
+    cert("broker", "ca", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n")
+    cert("client", "ca", "extendedKeyUsage=clientAuth\n")
+    cert("rogue-client", "rogue-ca", "extendedKeyUsage=clientAuth\n")
+    certs = Certificates(directory)
+    certs.broker_keystore.write_text("".join((directory / name).read_text()
+                                             for name in ("broker.key", "broker.pem", "ca.pem")))
+    return certs
+
+
 async def serves_metadata(bootstrap: str) -> bool:
     """True when the broker answers a metadata request listing at least one broker."""
     import logging
@@ -206,7 +347,7 @@ async def serves_metadata(bootstrap: str) -> bool:
     try:
         await asyncio.wait_for(client.bootstrap(), 5)
         return bool(client.cluster.brokers())
-    except (KafkaError, OSError, asyncio.TimeoutError):
+    except (TimeoutError, KafkaError, OSError):
         return False
     finally:
         await client.close()
@@ -244,7 +385,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"kafka: already running (pid {pidfile.read_text()})")
             return 0
         broker.start()
-        print(f"kafka: serving on {broker.bootstrap} (pid {broker.proc.pid if broker.proc else '?'}, log {broker.log_path})")
+        pid = broker.proc.pid if broker.proc else "?"
+        print(f"kafka: serving on {broker.bootstrap} (pid {pid}, log {broker.log_path})")
     elif args.command == "stop":
         if not pidfile.exists():
             return 0

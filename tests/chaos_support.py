@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agents.segments import iter_records
 from helpers import Event, Status, Worker, client, read_topic
+
+from agents.segments import iter_records
 
 # -- a real filesystem --------------------------------------------------------------
 

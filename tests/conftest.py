@@ -7,9 +7,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from helpers import TcpProxy, Worker, free_port
 
 from devtools.kafka import Broker
-from helpers import TcpProxy, Worker, free_port
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -223,7 +223,8 @@ class TcpProxy:
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             with contextlib.suppress(Exception):
                 while data := await src.read(65536):
-                    while self.mode == "stall":  # hold the bytes: the peer sees silence
+                    # hold the bytes while stalled: the peer sees silence (the proxy polls its mode)
+                    while self.mode == "stall":  # noqa: ASYNC110
                         await asyncio.sleep(0.05)
                     if self.mode == "slow":  # a congested link: every chunk arrives late
                         await asyncio.sleep(self.delay)

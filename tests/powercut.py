@@ -146,7 +146,8 @@ def lazy_unmount(mountpoint: Path | str) -> None:
 
 
 class PowerCutFS:
-    """A FUSE filesystem over ``backing`` mounted at ``mountpoint`` that forgets, at cut(), every write not yet fsynced."""
+    """A FUSE filesystem over ``backing`` mounted at ``mountpoint`` that forgets, at cut(), every write not
+    yet fsynced."""
 
     def __init__(self, backing: Path, mountpoint: Path) -> None:
         self.backing = Path(backing).absolute()

@@ -75,8 +75,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from agents.segments import HEADER_LEN
 from chaos_support import (
     Audit,
     ChaosLoad,
@@ -92,8 +90,10 @@ from chaos_support import (
     segments,
     status_name,
 )
-from devtools.kafka import Broker
 from helpers import ROOT, Status, TcpProxy, Worker, create_topics, unique, wait_until
+
+from agents.segments import HEADER_LEN
+from devtools.kafka import Broker
 
 ROUNDS = int(os.environ.get("SPILLWAY_CHAOS_ROUNDS", "10"))
 # A round takes 10-40 s (a killed broker restarts slowly, a bit flip restarts the worker

@@ -8,10 +8,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from helpers import Load, Status, TcpProxy, Worker, check_all_in_kafka, client, event, read_topic, unique, wait_until
 
 from agents.segments import FILE_HEADER, HEADER_LEN, iter_records
 from devtools.kafka import Broker
-from helpers import Load, Status, TcpProxy, Worker, check_all_in_kafka, client, event, read_topic, unique, wait_until
 
 pytestmark = pytest.mark.kafka
 

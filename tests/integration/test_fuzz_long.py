@@ -23,13 +23,13 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 
 import pytest
+from helpers import Event, Status, Worker, client, event, unique
 from thriftpy2.protocol import TBinaryProtocolFactory, TCompactProtocolFactory
 from thriftpy2.thrift import TMessageType
 from thriftpy2.transport import TMemoryBuffer
 
 from agents.thrift_source import _SERVICE
 from devtools.kafka import Broker
-from helpers import Event, Status, Worker, client, event, unique
 
 FRAMES = int(os.environ.get("SPILLWAY_FUZZ_FRAMES", "1000000"))
 CONNECTIONS = int(os.environ.get("SPILLWAY_FUZZ_CONNECTIONS", "8"))

@@ -9,11 +9,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from helpers import Status, TcpProxy, Worker, client, create_topics, event, read_topic, unique, wait_until
 
 from agents.interceptors import machine_address
 from agents.segments import iter_records
 from devtools.kafka import Broker
-from helpers import Status, TcpProxy, Worker, client, create_topics, event, read_topic, unique, wait_until
 
 pytestmark = pytest.mark.kafka
 

@@ -10,8 +10,8 @@ from helpers import create_topics, read_topic, unique
 
 from agents.kafka_sink import KafkaSink
 from agents.records import Record
+from core.settings import KafkaSettings
 from devtools.kafka import Broker
-from core.settings import Duration, KafkaSettings
 
 pytestmark = pytest.mark.kafka
 
@@ -26,7 +26,7 @@ def test_calls_racing_after_a_producer_died_build_one_producer_keep_their_lane_a
     topic = unique("rebuild")
 
     async def run() -> list[str]:
-        sink = KafkaSink(KafkaSettings(bootstrap_servers=kafka_up.bootstrap, request_timeout=Duration(5.0)))
+        sink = KafkaSink(KafkaSettings(bootstrap_servers=kafka_up.bootstrap))
         await sink.start()
         starts: list[int] = []
         try:
@@ -81,7 +81,7 @@ def test_a_refused_record_in_the_middle_of_a_batch_fails_alone_and_the_records_a
     big = Record(topic, None, (), b"B" * 60_000, now)
 
     async def run() -> tuple[list[object], list[str]]:
-        sink = KafkaSink(KafkaSettings(bootstrap_servers=strict_up.bootstrap, request_timeout=Duration(5.0)))
+        sink = KafkaSink(KafkaSettings(bootstrap_servers=strict_up.bootstrap))
         await sink.start()
         try:
             # one submit: the records share one open batch, big in the middle

@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from powercut import STAGE_PREFIX, PowerCutFS, lazy_unmount
 
 

@@ -6,9 +6,9 @@ import time
 from collections.abc import Callable
 
 import pytest
+from helpers import Load, TcpProxy, Worker, check_all_in_kafka, unique, wait_until
 
 from devtools.kafka import Broker
-from helpers import Load, TcpProxy, Worker, check_all_in_kafka, unique, wait_until
 
 pytestmark = pytest.mark.kafka
 

@@ -11,13 +11,13 @@ import time
 from collections.abc import Callable
 
 import pytest
+from helpers import Event, Status, Worker, client, event, read_topic, unique, wait_until
 from thriftpy2.protocol import TCompactProtocolFactory
 from thriftpy2.thrift import TMessageType
 from thriftpy2.transport import TMemoryBuffer
 
 from agents.thrift_source import _SERVICE
 from devtools.kafka import Broker
-from helpers import Event, Status, Worker, client, event, read_topic, unique, wait_until
 
 pytestmark = pytest.mark.kafka
 

@@ -11,9 +11,9 @@ import time
 from collections.abc import Callable
 
 import pytest
+from helpers import ROOT, Status, Worker, client, event, free_port, read_topic, unique, wait_until
 
 from devtools.kafka import Broker
-from helpers import ROOT, Status, Worker, client, event, free_port, read_topic, unique, wait_until
 
 pytestmark = pytest.mark.kafka
 

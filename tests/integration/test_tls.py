@@ -17,15 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import Status, Worker, client, event, flume, read_topic, unique
 from thriftpy2.protocol import TCompactProtocolFactory
 from thriftpy2.rpc import make_client
 from thriftpy2.transport import TFramedTransportFactory
 
 from agents.thrift_source import server_ssl_context
-from devtools.kafka import Broker
-from helpers import Status, Worker, client, event, flume, read_topic, unique
 from core.errors import ConfigError
 from core.settings import load_settings
+from devtools.kafka import Broker
 
 pytestmark = pytest.mark.kafka
 

@@ -13,7 +13,7 @@ import pytest
 import pytest_asyncio
 
 from agents import disk_buffer as disk_buffer_module
-from agents.disk_buffer import DiskBuffer
+from agents.disk_buffer import DiskBuffer, seal_path
 from agents.records import Record
 from agents.segments import HEADER_LEN, encode_records, iter_records, scan_segment
 from core.errors import BufferError, BufferFull
@@ -161,6 +161,7 @@ async def test_restart_sees_every_event_in_closed_segments_in_order(tmp_path: Pa
 
 @pytest.mark.asyncio
 async def test_restart_quarantines_a_corrupt_record_and_removes_empty_segments(tmp_path: Path) -> None:
+    """A segment without a seal (the one open at a crash) is recovered before the buffer starts."""
     directory = tmp_path / "buffer"
     first = DiskBuffer(directory, max_bytes=64 * MiB)
     await first.start()
@@ -168,6 +169,7 @@ async def test_restart_quarantines_a_corrupt_record_and_removes_empty_segments(t
         await first.append(batch(i * 10, n=1))
     await first.stop()
     (segment,) = directory.glob("*.seg")
+    seal_path(segment).unlink()  # as after a crash: it was never closed
     offsets = [o for o, _, _ in iter_records(segment)]
     data = bytearray(segment.read_bytes())
     data[offsets[1] + 40] ^= 0xFF
@@ -385,3 +387,77 @@ async def test_active_segment_cannot_be_deleted_or_drained(make_buffer: Any) -> 
         await buf.delete_segment(active)
     with pytest.raises(BufferError):
         buf.note_drained(active, 1)
+
+
+@pytest.mark.asyncio
+async def test_start_takes_sealed_segments_unread_and_scans_only_the_unsealed_one(tmp_path: Path) -> None:
+    """Issue 12: start-up must not grow with the backlog. Closed segments carry a seal (size,
+    events, first receive time); only a segment without one that matches is read at start."""
+    directory = tmp_path / "buffer"
+    first = DiskBuffer(directory, max_bytes=64 * MiB)
+    await first.start()
+    for i in range(3):
+        await first.append(batch(i * 10))
+        assert await first.roll()
+    await first.append(batch(100, n=4))  # left open: the crash below never closes it
+    stats = first.stats()
+    *sealed, open_one = sorted(directory.glob("*.seg"))
+    assert [seal_path(p).exists() for p in (*sealed, open_one)] == [True, True, True, False]
+    await first.stop()
+    seal_path(open_one).unlink()  # as if the worker died before closing it
+    # damage one sealed segment: start trusts its seal, the drain's CRC check finds it later
+    data = bytearray(sealed[1].read_bytes())
+    data[HEADER_LEN + 40] ^= 0xFF
+    sealed[1].write_bytes(bytes(data))
+    (directory / "00000000000000000001.seg.sealed").write_text("{}")  # a seal whose segment is gone
+    reads: list[Path] = []
+    real_scan = disk_buffer_module.recover_segment
+
+    def counting(path: Path, qdir: Path) -> Any:
+        reads.append(Path(path))
+        return real_scan(path, qdir)
+
+    disk_buffer_module.recover_segment = counting  # type: ignore[assignment]
+    try:
+        second = DiskBuffer(directory, max_bytes=64 * MiB)
+        await second.start()
+    finally:
+        disk_buffer_module.recover_segment = real_scan  # type: ignore[assignment]
+    try:
+        assert reads == [open_one] and second.scanned_at_start == 1
+        assert second.stats().events == stats.events == 34
+        assert second.stats().bytes == disk_bytes(directory)
+        assert not (directory / "00000000000000000001.seg.sealed").exists()
+        assert seal_path(open_one).exists(), "a segment recovered at start is sealed for the next one"
+        report = await second.recover(sealed[1])  # what the drain does on CorruptRecord
+        assert len(report.quarantined_ranges) == 1 and second.stats().events == 33
+        assert seal_path(sealed[1]).exists() and second.stats().bytes == disk_bytes(directory)
+        await second.delete_segment(sealed[0])
+        assert not sealed[0].exists() and not seal_path(sealed[0]).exists()
+    finally:
+        await second.stop()
+    third = DiskBuffer(directory, max_bytes=64 * MiB)
+    await third.start()
+    try:
+        assert third.scanned_at_start == 0 and third.stats().events == 23
+    finally:
+        await third.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_seal_that_does_not_match_its_segment_is_ignored(tmp_path: Path) -> None:
+    directory = tmp_path / "buffer"
+    first = DiskBuffer(directory, max_bytes=64 * MiB)
+    await first.start()
+    await first.append(batch(0))
+    await first.stop()
+    (segment,) = directory.glob("*.seg")
+    with segment.open("ab") as f:  # bytes the seal does not vouch for (a torn, unsynced append)
+        f.write(b"\x00" * 7)
+    second = DiskBuffer(directory, max_bytes=64 * MiB)
+    await second.start()
+    try:
+        assert second.scanned_at_start == 1 and second.stats().events == 10
+        assert second.stats().bytes == disk_bytes(directory)
+    finally:
+        await second.stop()

@@ -15,12 +15,19 @@ from agents.interceptors import Chain, build, machine_address, machine_name, uui
 from agents.router import Event, Router
 from agents.thrift_source import Status
 from core.errors import ConfigError
-from topology.pipeline import Envelope, Pipeline
 from core.settings import (
-    BufferSettings, HostInterceptorSettings, RegexFilterInterceptorSettings, RemoveHeaderInterceptorSettings,
-    RouterSettings, Settings, StaticInterceptorSettings, TimestampInterceptorSettings, UUIDInterceptorSettings,
+    BufferSettings,
+    HostInterceptorSettings,
+    RegexFilterInterceptorSettings,
+    RemoveHeaderInterceptorSettings,
+    RouterSettings,
+    Settings,
+    StaticInterceptorSettings,
+    TimestampInterceptorSettings,
+    UUIDInterceptorSettings,
     load_settings,
 )
+from topology.pipeline import Envelope, Pipeline
 
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 

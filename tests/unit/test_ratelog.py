@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from core.ratelog import ThrottleFilter, Throttled
+from core.ratelog import Throttled, ThrottleFilter
 
 
 def record(name: str, msg: str) -> logging.LogRecord:

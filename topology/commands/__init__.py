@@ -1,4 +1,4 @@
-"""CLI commands (``spillway <command>``): replay, buffer, send, check-config.
+"""CLI commands (``spillway <command>``): replay, buffer, send, check-config, init.
 
 Each is an ``@app.command`` on :class:`~topology.commands.base.SpillwayCommand`: it
 runs in its own event loop without starting the app, so it works with Kafka down
@@ -9,6 +9,7 @@ configuration error).
     buffer ls|inspect|verify [P]   what the disk buffer holds; CRC check
     send                           a Flume-protocol test client
     check-config [PATH]            validate a file, print effective settings and origins
+    init [PATH]                    write the commented default configuration (./spillway.toml)
 
 Faust's built-in commands register when ``faust.cli.faust`` is first imported; it is
 imported here first so that ours (``send`` shares a name) replace them, not the
@@ -19,6 +20,6 @@ from __future__ import annotations
 
 import faust.cli.faust  # noqa: F401  - register Faust's built-ins before ours
 
-from topology.commands import buffer, check_config, replay, send
+from topology.commands import buffer, check_config, init, replay, send
 
-__all__ = ["buffer", "check_config", "replay", "send"]
+__all__ = ["buffer", "check_config", "init", "replay", "send"]

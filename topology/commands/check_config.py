@@ -7,7 +7,6 @@ import is invalid.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
@@ -17,7 +16,7 @@ from topology.app import app
 from topology.commands.base import SpillwayCommand
 from topology.commands.core import EXIT_OK, CommandError, dumps, toml_value
 from core.errors import ConfigError
-from core.settings import DEFAULT_CONFIG, load_settings
+from core.settings import config_path, load_settings
 
 
 def origin_label(origin: str, path: Path) -> str:
@@ -33,12 +32,13 @@ def origin_label(origin: str, path: Path) -> str:
 async def check_config(self: SpillwayCommand, path: str | None, as_json: bool) -> int:
     """Validate a configuration file and print every effective setting and where it came from.
 
-    PATH defaults to $SPILLWAY_CONFIG, else config/spillway.toml. Environment
+    PATH defaults to $SPILLWAY_CONFIG, else ./spillway.toml if there is one, else
+    the defaults shipped in the package. Environment
     overrides (SPILLWAY_<SECTION>_<KEY>) apply, as they would for the worker. Each
     key is printed as `key = value  # origin`, origin being default, file or
     env:NAME. Exit code: 0 valid, 2 invalid (the message names the key).
     """
-    target = Path(path or os.environ.get("SPILLWAY_CONFIG") or DEFAULT_CONFIG)
+    target = Path(path) if path else config_path()
     try:
         settings = load_settings(target)
     except ConfigError as exc:

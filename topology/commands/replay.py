@@ -22,6 +22,7 @@ import click
 from faust.cli import argument, option
 
 from agents.drain import PROGRESS_FILE, RateLimiter, Sender, drain_segment, read_progress, segment_lock
+from agents.kafka_auth import explain
 from agents.kafka_sink import KafkaSink
 from agents.records import Delivery, Record
 from agents.segments import iter_records, scan_segment
@@ -271,7 +272,9 @@ async def replay(self: SpillwayCommand, paths: tuple[str, ...], topics: tuple[st
         await sink.start()
     try:
         if sink is not None and not await sink.probe(sink.settings.request_timeout):
-            raise CommandError(f"Kafka at {sink.settings.bootstrap_servers} is not reachable; nothing replayed", 1)
+            why = await explain(sink.settings, sink.settings.request_timeout)  # a refused password or certificate
+            raise CommandError(f"Kafka at {sink.settings.bootstrap_servers} is not reachable"
+                               f"{'' if why is None else f' ({why})'}; nothing replayed", 1)
         tally = await Replay(self, files, keep, dry_run=dry_run, sink=sink, rate=rate, timeout=chunk_timeout,
                              batch_events=batch_events, restamp=stamp == "now").run()
     finally:
