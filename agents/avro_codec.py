@@ -192,6 +192,11 @@ OURS: Final = _remote_of(PROTOCOL_TEXT, PROTOCOL_MD5, ours=True)
 _known: dict[bytes, Remote] = {}  # foreign renderings seen, by MD5 (bounded)
 
 
+def _read(fo: io.BytesIO, schema: Any, reader: Any = None, **kwargs: Any) -> Any:
+    """One record by fastavro (typed Any: what it returns depends on the schema)."""
+    return schemaless_reader(fo, schema, reader, **kwargs)
+
+
 def _encode(schema: Any, record: Any) -> bytes:
     out = io.BytesIO()
     schemaless_writer(out, schema, record)
@@ -211,7 +216,7 @@ def _handshake_response(match: str) -> bytes:
 
 def _handshake(fo: io.BytesIO, session: Session) -> tuple[Remote | None, bytes]:
     """Reads a HandshakeRequest: the client's protocol (None if unknown) and the response."""
-    request = schemaless_reader(fo, HANDSHAKE_REQUEST, None)
+    request = _read(fo, HANDSHAKE_REQUEST)
     client_hash, text = request["clientHash"], request["clientProtocol"]
     remote = OURS if client_hash == PROTOCOL_MD5 else _known.get(client_hash)
     if remote is None and text is not None:
@@ -320,8 +325,8 @@ def _decode(payload: bytes, session: Session, limits: AvroLimits) -> Request:
             session.failed_handshakes += 1
             return Request("handshake", prefix)  # the client resends with its protocol
         session.remote = remote
-    schemaless_reader(fo, _META, None)  # call metadata: nothing we use
-    method = schemaless_reader(fo, _STRING, None)
+    _read(fo, _META)  # call metadata: nothing we use
+    method = _read(fo, _STRING)
     if method == "":
         if fo.tell() != len(payload):
             raise FrameError(f"{len(payload) - fo.tell()} bytes left over after a handshake ping")
@@ -335,7 +340,7 @@ def _decode(payload: bytes, session: Session, limits: AvroLimits) -> Request:
         if n > limits.max_batch_events:
             return Request("call", prefix, method, [], LimitError(
                 "batch_too_large", f"{n} events in one call (max {limits.max_batch_events})"), n)
-    params = schemaless_reader(fo, writer, None if remote.ours else reader,
+    params = _read(fo, writer, None if remote.ours else reader,
                                handle_unicode_errors="surrogateescape")
     if fo.tell() != len(payload):
         raise FrameError(f"{len(payload) - fo.tell()} bytes left over after the request")
@@ -400,12 +405,12 @@ def decode_reply(payload: bytes, handshake: bool = True) -> tuple[str | None, st
     fo = io.BytesIO(payload)
     match = None
     if handshake:
-        match = schemaless_reader(fo, HANDSHAKE_RESPONSE, None)["match"]
+        match = _read(fo, HANDSHAKE_RESPONSE)["match"]
         if match == "NONE":
             return match, None
-    schemaless_reader(fo, _META, None)
+    _read(fo, _META)
     if fo.read(1) == b"\x01":
         fo.read(1)
-        return match, "error: " + schemaless_reader(fo, _STRING, None)
-    index = schemaless_reader(fo, parse_schema("int"), None)
+        return match, "error: " + _read(fo, _STRING)
+    index = _read(fo, parse_schema("int"))
     return match, STATUS_NAMES[index]

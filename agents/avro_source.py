@@ -114,7 +114,7 @@ class AvroSource(StreamSource):
 
         async def rest(head: bytes) -> tuple[int, bytes]:
             serial, count = codec.read_pack_header(head + await reader.readexactly(7), s)
-            left = s.max_frame_bytes
+            left: int = s.max_frame_bytes
             parts = []
             for _ in range(count):
                 n = codec.read_buffer_length(await reader.readexactly(4), left)

@@ -49,6 +49,19 @@ TLS_HANDSHAKE_TIMEOUT: Final = 30.0  # when frame_timeout is 0 (off)
 T = TypeVar("T")
 
 
+class TlsSettings(Protocol):
+    """The TLS keys of every source's section."""
+
+    @property
+    def tls_certfile(self) -> str: ...
+    @property
+    def tls_keyfile(self) -> str: ...
+    @property
+    def tls_cafile(self) -> str: ...
+    @property
+    def tls_verify_client(self) -> bool: ...
+
+
 class ListenerSettings(Protocol):
     """The keys every socket source's section has."""
 
@@ -75,7 +88,7 @@ class ListenerSettings(Protocol):
 # -- TLS ----------------------------------------------------------------------------------------
 
 
-def server_ssl_context(s: ListenerSettings, section: str = "source.thrift") -> ssl.SSLContext | None:
+def server_ssl_context(s: TlsSettings, section: str = "source.thrift") -> ssl.SSLContext | None:
     """The TLS context of a source (TLS 1.2 at least), or None for plain TCP; errors name
     the key in ``section``."""
     if not s.tls_certfile:

@@ -22,11 +22,21 @@ from typing import Any
 
 from agents.records import Event  # noqa: F401 - re-exported for callers
 from agents.source_base import (  # noqa: F401 - re-exported for callers
-    CLOSE_REASONS, TLS_HANDSHAKE_TIMEOUT, Handler, StreamSource, server_ssl_context,
+    CLOSE_REASONS,
+    TLS_HANDSHAKE_TIMEOUT,
+    Handler,
+    StreamSource,
+    server_ssl_context,
 )
 from agents.source_base import Hangup as _Hangup
 from agents.thrift_codec import (  # noqa: F401 - the codec's names, re-exported for callers
-    _SERVICE, Call, Codec, LimitError, Status, ThriftFlumeEvent, flume,
+    _SERVICE,
+    Call,
+    Codec,
+    LimitError,
+    Status,
+    ThriftFlumeEvent,
+    flume,
 )
 from core.errors import FrameError
 from core.metrics import Metrics

@@ -16,11 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from helpers import Worker, free_port, read_topic, unique
 
 from agents import avro_codec as codec
 from devtools import flume
 from devtools.kafka import Broker
-from helpers import Worker, free_port, read_topic, unique
 
 pytestmark = pytest.mark.kafka
 

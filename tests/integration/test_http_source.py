@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import TcpProxy, Worker, free_port, read_topic, unique
 
 from devtools.kafka import Broker
-from helpers import TcpProxy, Worker, free_port, read_topic, unique
 
 pytestmark = pytest.mark.kafka
 
@@ -171,7 +171,8 @@ def test_over_tls_curl_is_served_and_plain_http_on_that_port_is_not(
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
                     "-nodes", "-keyout", "server.key", "-out", "server.pem", "-days", "2", "-subj", "/CN=127.0.0.1",
                     "-addext", "subjectAltName=IP:127.0.0.1"], cwd=tmp_path, check=True, capture_output=True)
-    _, url = http_worker(make_worker, kafka_up.bootstrap, SPILLWAY_SOURCE_HTTP_TLS_CERTFILE=str(tmp_path / "server.pem"),
+    _, url = http_worker(make_worker, kafka_up.bootstrap,
+                         SPILLWAY_SOURCE_HTTP_TLS_CERTFILE=str(tmp_path / "server.pem"),
                          SPILLWAY_SOURCE_HTTP_TLS_KEYFILE=str(tmp_path / "server.key"))
     topic = unique("http-tls")
     status, _, doc = curl(url.replace("http://", "https://"), json.dumps(events(topic, 4)).encode(), tmp_path,

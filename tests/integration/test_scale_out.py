@@ -18,10 +18,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from helpers import Status, TcpProxy, Worker, client, event, free_port, read_topic, unique, wait_until
 
 from devtools import flume
 from devtools.kafka import Broker
-from helpers import Status, TcpProxy, Worker, client, event, free_port, read_topic, unique, wait_until
 
 pytestmark = pytest.mark.kafka
 
