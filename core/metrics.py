@@ -23,11 +23,13 @@ class Metrics:
                                ["reason"], registry=r)
         self.failed = Counter("spillway_events_failed", "Events answered FAILED (nowhere durable; client retries)",
                               registry=r)
-        self.bad_frames = Counter("spillway_bad_frames", "Connections closed for a malformed, truncated or oversize frame",
-                                  registry=r)
+        self.bad_frames = Counter("spillway_bad_frames", "Connections closed for a malformed, truncated or oversize "
+                                  "frame, by source", ["source"], registry=r)
         self.connections_closed = Counter("spillway_source_connections_closed",
-                                          "Connections the Thrift source closed, by reason", ["reason"], registry=r)
-        self.connections = Gauge("spillway_source_connections", "Open client connections", registry=r)
+                                          "Connections a source closed, by source and reason", ["source", "reason"],
+                                          registry=r)
+        self.connections = Gauge("spillway_source_connections", "Open client connections, by source", ["source"],
+                                 registry=r)
         self.sink_errors = Counter("spillway_sink_errors", "Kafka send failures and timeouts (batches)",
                                    registry=r)
         self.sink_up = Gauge("spillway_sink_up", "1 while live traffic goes to a Kafka cluster, 0 while every "

@@ -211,8 +211,56 @@ class ThriftSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class AvroSettings:
+    """Flume's AvroSource (Avro RPC over Netty framing, the Avro handshake): what Flume's SDK
+    clients, ``flume-ng avro-client`` and every upstream ``AvroSink`` speak."""
+
+    enabled: bool = False
+    host: str = "0.0.0.0"
+    port: int = 41414
+    compression: Literal["none", "deflate"] = "none"
+    max_frame_bytes: Size = Size(16_384_000)
+    max_buffers: int = 65_536
+    max_batch_events: int = 10_000
+    max_event_bytes: Size = Size(1_000_000)
+    max_headers: int = 64
+    max_header_bytes: Size = Size(16_384)
+    max_connections: int = 1024
+    idle_timeout: Duration = Duration(300.0)
+    frame_timeout: Duration = Duration(30.0)
+    handshake_timeout: Duration = Duration(30.0)
+    tls_certfile: str = ""
+    tls_keyfile: str = ""
+    tls_cafile: str = ""
+    tls_verify_client: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class HttpSettings:
+    """Flume's HTTPSource with its JSONHandler: POST a JSON array of {"headers", "body"} events."""
+
+    enabled: bool = False
+    host: str = "0.0.0.0"
+    port: int = 8090
+    path: str = "/"
+    max_body_bytes: Size = Size(16_384_000)
+    max_batch_events: int = 10_000
+    max_event_bytes: Size = Size(1_000_000)
+    max_headers: int = 64
+    max_header_bytes: Size = Size(16_384)
+    idle_timeout: Duration = Duration(75.0)
+    frame_timeout: Duration = Duration(30.0)
+    tls_certfile: str = ""
+    tls_keyfile: str = ""
+    tls_cafile: str = ""
+    tls_verify_client: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class SourceSettings:
     thrift: ThriftSettings = field(default_factory=ThriftSettings)
+    avro: AvroSettings = field(default_factory=AvroSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -853,12 +901,17 @@ def _validate(s: Settings) -> None:
         raise ConfigError("router.default_topic", "is not matched by router.allowed_topics")
     if not r.allowed_topics:
         raise ConfigError("router.allowed_topics", "must list at least one pattern")
-    for key, port in (("source.thrift.port", s.source.thrift.port), ("web.port", s.web.port)):
+    for key, port in (("source.thrift.port", s.source.thrift.port), ("source.avro.port", s.source.avro.port),
+                      ("source.http.port", s.source.http.port), ("web.port", s.web.port)):
         if not 0 <= port <= 65535:
             raise ConfigError(key, f"{port} is not a TCP port")
     if s.source.thrift.max_frame_bytes < 64:
         raise ConfigError("source.thrift.max_frame_bytes", "must be at least 64")
     _validate_thrift(s.source.thrift)
+    if s.source.avro.enabled:
+        _validate_avro(s.source.avro)
+    if s.source.http.enabled:
+        _validate_http(s.source.http, s.web)
     if s.kafka.max_batch_bytes > 1_000_000 and s.source.thrift.max_event_bytes > 1_000_000:
         raise ConfigError("source.thrift.max_event_bytes", "must fit Kafka's default message.max.bytes")
     _validate_kafka(s.kafka)
@@ -878,33 +931,57 @@ def _validate_thrift(t: ThriftSettings) -> None:
                        ("max_inflight_events_per_connection", t.max_inflight_events_per_connection)):
         if value < 1:
             raise ConfigError(f"source.thrift.{key}", "must be at least 1")
+    _validate_tls(t, "source.thrift")
+
+
+def _validate_avro(a: AvroSettings) -> None:
+    for key in ("max_buffers", "max_batch_events", "max_headers", "max_connections"):
+        if getattr(a, key) < 1:
+            raise ConfigError(f"source.avro.{key}", "must be at least 1")
+    if a.max_frame_bytes < 64:
+        raise ConfigError("source.avro.max_frame_bytes", "must be at least 64")
+    _validate_tls(a, "source.avro")
+
+
+def _validate_http(h: HttpSettings, web: WebSettings) -> None:
+    for key in ("max_batch_events", "max_headers"):
+        if getattr(h, key) < 1:
+            raise ConfigError(f"source.http.{key}", "must be at least 1")
+    if not h.path.startswith("/"):
+        raise ConfigError("source.http.path", f"{h.path!r} must start with '/'")
+    if h.port and h.port == web.port:
+        raise ConfigError("source.http.port", "is the operations web port (web.port); the HTTP source needs its own")
+    _validate_tls(h, "source.http")
+
+
+def _validate_tls(t: ThriftSettings | AvroSettings | HttpSettings, section: str) -> None:
     if t.tls_keyfile and not t.tls_certfile:
-        raise ConfigError("source.thrift.tls_keyfile", "is set but source.thrift.tls_certfile is not")
+        raise ConfigError(f"{section}.tls_keyfile", f"is set but {section}.tls_certfile is not")
     if t.tls_verify_client and not t.tls_certfile:
-        raise ConfigError("source.thrift.tls_verify_client", "needs source.thrift.tls_certfile (TLS)")
+        raise ConfigError(f"{section}.tls_verify_client", f"needs {section}.tls_certfile (TLS)")
     if t.tls_verify_client and not t.tls_cafile:
-        raise ConfigError("source.thrift.tls_cafile", "must name the CA file that signs client certificates "
-                          "when source.thrift.tls_verify_client is true")
+        raise ConfigError(f"{section}.tls_cafile", "must name the CA file that signs client certificates "
+                          f"when {section}.tls_verify_client is true")
     if t.tls_cafile and not t.tls_verify_client:
-        raise ConfigError("source.thrift.tls_cafile", "is set but source.thrift.tls_verify_client is false "
+        raise ConfigError(f"{section}.tls_cafile", f"is set but {section}.tls_verify_client is false "
                           "(client certificates would not be checked)")
     for key in ("tls_certfile", "tls_keyfile", "tls_cafile"):
         path = getattr(t, key)
         if path and not os.path.isfile(path):
-            raise ConfigError(f"source.thrift.{key}", f"no such file: {path}")
+            raise ConfigError(f"{section}.{key}", f"no such file: {path}")
         if path and not os.access(path, os.R_OK):
-            raise ConfigError(f"source.thrift.{key}", f"not readable: {path}")
+            raise ConfigError(f"{section}.{key}", f"not readable: {path}")
     if t.tls_certfile:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         try:
             ctx.load_cert_chain(t.tls_certfile, t.tls_keyfile or None)
         except ssl.SSLError as exc:
-            raise ConfigError("source.thrift.tls_certfile", f"certificate and key do not load: {exc}") from None
+            raise ConfigError(f"{section}.tls_certfile", f"certificate and key do not load: {exc}") from None
         if t.tls_cafile:
             try:
                 ctx.load_verify_locations(cafile=t.tls_cafile)
             except ssl.SSLError as exc:
-                raise ConfigError("source.thrift.tls_cafile", f"CA certificates do not load: {exc}") from None
+                raise ConfigError(f"{section}.tls_cafile", f"CA certificates do not load: {exc}") from None
 
 
 def config_path(env: Mapping[str, str] | None = None) -> Path:

@@ -17,3 +17,9 @@ if ! command -v fusermount3 >/dev/null || ! dpkg -s libfuse3-3 >/dev/null 2>&1; 
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get update -q
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends fuse3 libfuse3-3
 fi
+# HAProxy (Debian's package), for the scale-out test of two nodes behind it (tests/integration/test_scale_out.py).
+if ! command -v haproxy >/dev/null; then
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends haproxy
+fi

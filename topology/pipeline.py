@@ -1,6 +1,6 @@
 """The wiring: builds every stage of a node from the settings, starts and stops them in order.
 
-    ThriftSource --Envelope--> ingress --> RouterStage --Batch--> the live sink stage:
+    ThriftSource, AvroSource, HttpSource --Envelope--> ingress --> RouterStage --Batch--> the live sink stage:
         kafka[0] (primary) --> kafka[1..] (secondaries) --> spill (disk buffer), by priority
     each Kafka stage --Outcome--> outcomes --> Supervisor (parks, probes, picks the live stage)
     Drain: closed buffer segments --> the highest-priority cluster that is up
@@ -22,8 +22,10 @@ from typing import Any
 import faust
 from mode import Service
 
+from agents.avro_source import AvroSource
 from agents.disk_buffer import DiskBuffer
 from agents.drain import Drain
+from agents.http_source import HttpSource
 from agents.ingress import RouterStage
 from agents.interceptors import Chain
 from agents.kafka_sink import KafkaSink
@@ -31,6 +33,7 @@ from agents.kafka_stage import KafkaStage
 from agents.records import Envelope
 from agents.router import Router
 from agents.spill import SpillStage
+from agents.source_base import StreamSource
 from agents.supervisor import DrainSender, Outcome, Supervisor
 from agents.thrift_source import Status, ThriftSource, now_ms
 from core.metrics import Metrics
@@ -74,6 +77,15 @@ class Pipeline(Service):
         self.live_events = 0
         self.drain.live_events = lambda: self.live_events
         self.source = ThriftSource(settings.source.thrift, self.handle, m)
+        self.avro = AvroSource(settings.source.avro, self.handle, m) if settings.source.avro.enabled else None
+        self.http = HttpSource(settings.source.http, self.handle, m) if settings.source.http.enabled else None
+        #: every source of this node, the Thrift source first (``source``: always on)
+        self.sources: list[StreamSource | HttpSource] = [self.source]
+        self.sources += [src for src in (self.avro, self.http) if src is not None]
+        for src in self.sources:
+            m.received.labels(source=src.name)  # present from the start, at 0
+            m.connections.labels(source=src.name)
+            m.bad_frames.labels(source=src.name)
         self.started_at = time.time()
         self._calls: set[asyncio.Future[int]] = set()  # replies not yet given: calls in flight
         self._quarantined_seen = 0
@@ -94,26 +106,35 @@ class Pipeline(Service):
                            "(a crash or power cut can lose them); /status shows durable: false")
         await self.buffer.start()
         await asyncio.gather(*(sink.start() for sink in self.sinks))
-        await self.source.start()
+        for src in self.sources:
+            await src.start()
         app = self.app_or_none()
         if app is not None:
             app.flow_control.resume()
-        logger.info("spillway ready: thrift on port %s, Kafka %s, buffer at %s", self.source.port,
+        logger.info("spillway ready: %s, Kafka %s, buffer at %s",
+                    ", ".join(f"{src.name} on port {src.port}" for src in self.sources),
                     " > ".join(f"{s.name} ({s.settings.bootstrap_servers})" for s in self.sinks),
                     self.settings.buffer.directory)
+
+    @property
+    def listening(self) -> bool:
+        """Every source takes calls (what /ready asks of them)."""
+        return all(src.listening for src in self.sources)
 
     def app_or_none(self) -> faust.App | None:
         return getattr(self.ingress, "app", None)
 
     async def on_stop(self) -> None:
         logger.info("spillway stopping: closing intake")
-        await self.source.stop_intake()
+        for src in self.sources:
+            await src.stop_intake()
         if self._calls:
             _, pending = await asyncio.wait(self._calls, timeout=self.shutdown_deadline)
             if pending:
                 logger.error("%d calls still in flight at the shutdown deadline; they were not answered OK",
                              len(pending))
-        await self.source.stop()
+        for src in self.sources:
+            await src.stop()
         await self.buffer.stop()
         await asyncio.gather(*(sink.stop() for sink in self.sinks))
         logger.info("spillway stopped")

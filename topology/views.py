@@ -173,9 +173,32 @@ async def health(self: web.View, request: web.Request) -> web.Response:
 @app.page("/ready")
 async def ready(self: web.View, request: web.Request) -> web.Response:
     p = topo.node
-    ok = p.source.listening and p.buffer.healthy
-    return self.json({"ready": ok, "source": p.source.listening, "buffer": p.buffer.healthy},
+    ok = p.listening and p.buffer.healthy
+    # "source": every enabled source listens (each one's state is in /status "sources")
+    return self.json({"ready": ok, "source": p.listening, "buffer": p.buffer.healthy},
                      status=200 if ok else 503)
+
+
+def source_doc(src: Any, counters: dict[str, float]) -> dict[str, Any]:
+    """One source in /status: where it listens and what it took."""
+    label = f"source={src.name}"
+    doc: dict[str, Any] = {
+        "name": src.name, "port": src.port, "listening": src.listening,
+        "tls": bool(src.settings.tls_certfile),
+        "connections": int(counters.get(f"spillway_source_connections{{{label}}}", 0)),
+        "received": int(counters.get(f"spillway_events_received_total{{{label}}}", 0)),
+        "bad_frames": int(counters.get(f"spillway_bad_frames_total{{{label}}}", 0)),
+        "closed": {reason: n for reason, n in sorted(src.closed.items())},
+    }
+    if src.name == "thrift":
+        doc["protocol"] = src.settings.protocol
+    if src.name == "avro":
+        doc["compression"] = src.settings.compression
+        doc["handshakes"] = dict(src.handshakes)
+    if src.name == "http":
+        doc["path"] = src.settings.path
+        doc["responses"] = {str(code): n for code, n in sorted(src.responses.items())}
+    return doc
 
 
 def sink_doc(f: Failover, cluster: KafkaSettings, p: Pipeline, now: float) -> dict[str, Any]:
@@ -188,7 +211,7 @@ def sink_doc(f: Failover, cluster: KafkaSettings, p: Pipeline, now: float) -> di
 
 def status_document() -> dict[str, Any]:
     p = topo.node
-    if not p.source.listening and not p.should_stop:
+    if not p.listening and not p.should_stop:
         return {"state": "starting"}
     now = time.monotonic()
     sup = p.supervisor
@@ -200,11 +223,15 @@ def status_document() -> dict[str, Any]:
     def count(name: str) -> int:  # counters are whole numbers; JSON shows them as such
         return int(counters.get(name, 0))
 
+    def summed(name: str) -> int:  # every label
+        return int(sum(v for k, v in counters.items() if k == name or k.startswith(name + "{")))
+
     return {
-        "state": "running" if p.source.listening else "stopping",
+        "state": "running" if p.listening else "stopping",
         "uptime_seconds": round(time.time() - p.started_at, 1),
-        "source": {"port": p.source.port, "protocol": p.settings.source.thrift.protocol,
-                   "connections": count("spillway_source_connections")},
+        "source": {"port": p.source.port, "protocol": p.settings.source.thrift.protocol,  # the Thrift source
+                   "connections": summed("spillway_source_connections")},  # every source's
+        "sources": [source_doc(src, counters) for src in p.sources],
         "sink": sink_doc(sup.failovers[0], p.settings.kafka, p, now),  # the primary
         "sinks": [sink_doc(f, cluster, p, now) for f, cluster in zip(sup.failovers, p.settings.kafka.clusters,
                                                                      strict=True)],
@@ -229,7 +256,7 @@ def status_document() -> dict[str, Any]:
             "drained": count("spillway_events_drained_total"),
             "refused": int(sum(v for k, v in counters.items() if k.startswith("spillway_events_refused_total"))),
             "failed": count("spillway_events_failed_total"),
-            "bad_frames": count("spillway_bad_frames_total"),
+            "bad_frames": summed("spillway_bad_frames_total"),  # every source
             "duplicates": count("spillway_duplicates_total"),
             "sink_errors": count("spillway_sink_errors_total"),
         },
