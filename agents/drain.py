@@ -73,7 +73,7 @@ UNDELIVERABLE_DIR = "undeliverable"
 
 
 class Sender(Protocol):
-    async def send_within(self, records: Sequence[Record], timeout: float) -> Delivery: ...
+    async def send_within(self, records: Sequence[Record], timeout: float) -> Delivery: ...  # noqa: ASYNC109
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,7 +228,7 @@ def _settled(task: asyncio.Future[Any]) -> None:
 
 async def drain_segment(path: Path, sender: Sender, *, start: int = HEADER_LEN, end: int | None = None,
                         batch_events: int = 2000, window: int = 1,
-                        timeout: float = 5.0, limiter: RateLimiter | None = None,
+                        timeout: float = 5.0, limiter: RateLimiter | None = None,  # noqa: ASYNC109
                         keep: Callable[[Record], bool] | None = None,
                         archive_before_ms: int | None = None, archive_dir: Path | None = None,
                         on_chunk: Callable[[int, int, int, int], None] | None = None,

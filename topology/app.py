@@ -27,8 +27,8 @@ from faust.app.base import BootStrategy
 
 from agents.supervisor import Outcome
 from core.errors import ConfigError
-from topology.pipeline import Pipeline
 from core.settings import Settings, load_settings
+from topology.pipeline import Pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +79,8 @@ class Node(Pipeline):
 
 
 #: every stage of this node, built from the settings; started and stopped by the worker
-node = app.service(Node(settings, ingress, outcomes, kafka, spill))
+node = Node(settings, ingress, outcomes, kafka, spill)
+app.service(node)  # type: ignore[arg-type]  # faust's stub wants a class; it takes an instance too
 
 # The stages, each a Faust agent over its channel (bodies in agents/; none of them raises).
 router = app.agent(ingress, name="router")(node.router.process)
@@ -93,7 +94,7 @@ async def supervisor(stream: faust.StreamT[Outcome]) -> None:
     """Applies the Kafka sinks' outcomes to their failover states (parks a failing cluster)."""
     async for outcome in stream:
         try:
-            await node.supervisor.observe(outcome)
+            await node.failover.observe(outcome)
         except Exception:
             logger.exception("supervisor: could not apply %r", outcome)
 
@@ -104,7 +105,7 @@ async def probe() -> None:
     if not node.source.listening:  # not started yet, or stopping
         return
     try:
-        await node.supervisor.tick()
+        await node.failover.tick()
     except Exception:
         logger.exception("probe timer: unexpected error")
 

@@ -32,8 +32,8 @@ from agents.kafka_sink import KafkaSink
 from agents.kafka_stage import KafkaStage
 from agents.records import Envelope
 from agents.router import Router
-from agents.spill import SpillStage
 from agents.source_base import StreamSource
+from agents.spill import SpillStage
 from agents.supervisor import DrainSender, Outcome, Supervisor
 from agents.thrift_source import Status, ThriftSource, now_ms
 from core.metrics import Metrics
@@ -65,14 +65,15 @@ class Pipeline(Service):
         self.buffer = DiskBuffer(b.directory, max_bytes=b.max_bytes, segment_max_bytes=b.segment_max_bytes,
                                  segment_max_age=b.segment_max_age, fsync=b.fsync)
         self.sinks = [KafkaSink(cluster, on_late_ack=m.duplicates.inc) for cluster in settings.kafka.clusters]
-        self.supervisor = Supervisor(settings.failover, self.sinks, m, report=self._report)
+        #: the failover sink processor (not ``supervisor``: mode's Service.supervisor restarts crashed services)
+        self.failover = Supervisor(settings.failover, self.sinks, m, report=self._report)
         if spill is not None:
-            self.supervisor.connect(kafka, spill)
-        self.router = RouterStage(Router(settings.router), self.supervisor, m, interceptors)
-        self.kafka_stages = [KafkaStage(i, sink, self.supervisor, m, settings.failover.timeout)
+            self.failover.connect(kafka, spill)
+        self.router = RouterStage(Router(settings.router), self.failover, m, interceptors)
+        self.kafka_stages = [KafkaStage(i, sink, self.failover, m, settings.failover.timeout)
                              for i, sink in enumerate(self.sinks)]
         self.spill = SpillStage(self.buffer, m)
-        self.drain = Drain(settings.drain, self.buffer, DrainSender(self.supervisor), self.supervisor, m)
+        self.drain = Drain(settings.drain, self.buffer, DrainSender(self.failover), self.failover, m)
         self.drain.running = lambda: self.source.listening  # ends its round when the node stops
         self.live_events = 0
         self.drain.live_events = lambda: self.live_events

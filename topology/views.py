@@ -20,10 +20,10 @@ from faust import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agents.supervisor import Failover
+from core.ratelog import Throttled
+from core.settings import KafkaSettings
 from topology import app as topo
 from topology.pipeline import Pipeline
-from core.settings import KafkaSettings
-from core.ratelog import Throttled
 
 logger = logging.getLogger(__name__)
 app: faust.App = topo.app
@@ -123,7 +123,7 @@ def observe(p: Pipeline, h: History = history) -> Sample | None:
     h.begin(mono - max(0.0, wall - p.started_at), Totals(0.0, 0.0, 0.0, 0.0))
     b = p.buffer.stats()
     return h.observe(wall, mono, totals(p.metrics.counters()), b.bytes, b.events,
-                     p.supervisor.kafka_usable)
+                     p.failover.kafka_usable)
 
 
 @app.timer(interval=SAMPLE_INTERVAL)
@@ -214,7 +214,7 @@ def status_document() -> dict[str, Any]:
     if not p.listening and not p.should_stop:
         return {"state": "starting"}
     now = time.monotonic()
-    sup = p.supervisor
+    sup = p.failover
     p.refresh_gauges()
     b = p.buffer.stats()
     counters = p.metrics.counters()

@@ -18,13 +18,15 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import fastavro
 import pytest
-from helpers import ROOT, free_port, read_topic, unique
+from helpers import ROOT, Worker, free_port, read_topic, unique
 
 from devtools import flume
+from devtools.kafka import Broker
 
 pytestmark = pytest.mark.kafka
 
@@ -108,7 +110,8 @@ def digest(directory: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir())}
 
 
-def test_replay_sends_flumes_own_spilled_files_to_their_topics_with_keys_and_headers(kafka_up, tmp_path: Path) -> None:
+def test_replay_sends_flumes_own_spilled_files_to_their_topics_with_keys_and_headers(
+        kafka_up: Broker, tmp_path: Path) -> None:
     topics = [unique("orders"), unique("clicks"), unique("audit")]
     dirs = flume_spill(tmp_path, [(0, 900), (900, 600)], topics, codecs=("null", "deflate", "snappy", "text"))
     env = {"SPILLWAY_KAFKA_BOOTSTRAP_SERVERS": kafka_up.bootstrap, "SPILLWAY_BUFFER_DIRECTORY": str(tmp_path / "buf")}
@@ -195,7 +198,7 @@ def per_file_sum_minus_last(counts: list[int]) -> int:
 
 @pytest.mark.parametrize("spelling", ["1.6", "1.7"])
 def test_worker_from_imported_flume_config_takes_flume_sdk_events_into_their_topics(
-        kafka_up, make_worker, tmp_path: Path, spelling: str) -> None:
+        kafka_up: Broker, make_worker: Callable[..., Worker], tmp_path: Path, spelling: str) -> None:
     default = unique("events-default")
     props = (DATA / f"edge-{spelling}.properties").read_text().replace("topic = events-default",
                                                                       f"topic = {default}")

@@ -85,7 +85,8 @@ public class ScaleOutSend {
 @pytest.mark.parametrize("client_type", ["default_failover", "default_loadbalance"])
 def test_flumes_failover_and_load_balancing_clients_lose_nothing_when_a_node_is_killed(
         kafka_up: Broker, kafka_proxy: TcpProxy, make_worker: Callable[..., Worker], client_type: str) -> None:
-    nodes, ports = [], []
+    nodes: list[Worker] = []
+    ports: list[int] = []
     for i in range(2):
         w = make_worker(kafka_up.bootstrap, name=f"node{i}", start=False)
         taken = {w.thrift_port, w.web_port, *ports, *(p for n in nodes for p in (n.thrift_port, n.web_port))}
@@ -200,7 +201,8 @@ def test_two_nodes_behind_haproxy_with_retrying_thrift_clients_lose_nothing_when
                     errors += 1
                     with contextlib.suppress(Exception):
                         c.close()  # type: ignore[union-attr]
-                    c, _ = None, time.sleep(0.2)
+                    c = None
+                    time.sleep(0.2)
                 else:
                     raise AssertionError(f"batch {b} never acknowledged")
                 if b % per_connection == per_connection - 1 and c is not None:  # new connections spread the load

@@ -16,6 +16,7 @@ import os
 import struct
 import tracemalloc
 import zlib
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -43,7 +44,8 @@ FLUME_PROTOCOL_MD5 = "86aadae2c45474c0fe93ffd0f2350a65"
 
 texts = st.text(max_size=12)
 headers = st.dictionaries(texts, texts, max_size=5)
-events = st.lists(st.tuples(headers, st.binary(max_size=40)), min_size=1, max_size=8)
+events: st.SearchStrategy[list[tuple[Mapping[str, str], bytes]]] = st.lists(
+    st.tuples(headers, st.binary(max_size=40)), min_size=1, max_size=8)
 
 
 @st.composite

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
@@ -94,7 +95,7 @@ def test_user_guide_examples_convert_and_load(tmp_path: Path) -> None:
     assert any("TEXT: Flume kept no headers" in n for n in notes)  # file_roll's default serializer
     assert [type(i).__name__ for i in settings.interceptors] == [
         "TimestampInterceptorSettings", "HostInterceptorSettings", "StaticInterceptorSettings"]
-    static = settings.interceptors[2]
+    static: Any = settings.interceptors[2]
     assert (static.key, static.value, static.preserve_existing) == ("datacenter", "NEW_YORK", True)
     assert_every_key_cites_a_flume_property(toml, "a1")
 
@@ -103,7 +104,7 @@ def test_user_guide_file_channel_and_more_interceptors(tmp_path: Path) -> None:
     settings, toml, unconverted, notes = converted("userguide-file-channel.properties", tmp_path)
     assert unconverted == []
     assert settings.router.default_topic == "mytopic"
-    uuid, remove, regex = settings.interceptors
+    uuid, remove, regex = cast(Any, settings.interceptors)
     assert (uuid.type, uuid.header, uuid.prefix) == ("uuid", "id", "edge-")
     assert (remove.type, remove.from_list) == ("remove_header", "secret, password")
     assert (regex.type, regex.regex, regex.exclude_events) == ("regex_filter", "^DEBUG", True)
@@ -136,7 +137,8 @@ def test_unknown_misspelt_and_unsupported_keys_are_listed_with_property_and_reas
     assert len(unconverted) == len(expected), unconverted
     # What did convert still loads, without the misspelt values
     assert settings.source.thrift.port == 4141 and settings.kafka.bootstrap_servers == "127.0.0.1:9092"
-    assert [i.type for i in settings.interceptors] == ["timestamp"] and not settings.interceptors[0].preserve_existing
+    assert [i.type for i in settings.interceptors] == ["timestamp"]
+    assert not cast(Any, settings.interceptors[0]).preserve_existing
 
 
 def test_strict_exits_1_when_something_did_not_convert_and_0_without(tmp_path: Path) -> None:

@@ -312,7 +312,7 @@ async def test_the_pipeline_applies_the_chain_before_routing_and_answers_ok_for_
         delivered.append(batch.records)
         batch.reply.set_result(Status.OK)
 
-    monkeypatch.setattr(p.supervisor, "forward", forward)
+    monkeypatch.setattr(p.failover, "forward", forward)
 
     async def calls(*envelopes: Envelope) -> Any:
         for envelope in envelopes:

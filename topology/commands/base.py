@@ -18,8 +18,8 @@ from typing import Any, ClassVar, NoReturn
 import click
 from faust.cli import AppCommand
 
-from topology.commands.core import EXIT_USAGE, CommandError
 from core.settings import Settings
+from topology.commands.core import EXIT_USAGE, CommandError
 
 
 class SpillwayCommand(AppCommand):

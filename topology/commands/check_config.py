@@ -12,11 +12,11 @@ from pathlib import Path
 import click
 from faust.cli import argument, option
 
+from core.errors import ConfigError
+from core.settings import config_path, load_settings
 from topology.app import app
 from topology.commands.base import SpillwayCommand
 from topology.commands.core import EXIT_OK, CommandError, dumps, toml_value
-from core.errors import ConfigError
-from core.settings import config_path, load_settings
 
 
 def origin_label(origin: str, path: Path) -> str:
