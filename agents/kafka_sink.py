@@ -204,27 +204,41 @@ class _Lane:
         numbers[tp] = max(0, numbers[tp] - count)
 
     async def _split(self, fut: asyncio.Future[Any], recs: list[Record]) -> None:
-        """Send each record of a refused batch alone; resolve ``fut`` with each one's error (or None).
+        """Send the two halves of a batch Kafka refused as too large; resolve ``fut`` with each
+        record's error (or None).
 
-        Each single goes through :meth:`_acked` like any batch: a refused one gives its
-        sequence number back (so the singles after it are not answered
-        OutOfOrderSequenceNumber), and one that meets a lost producer state is sent again.
+        Each half goes through :meth:`_acked` like any batch: one still too large is halved
+        again (so finding the records Kafka refuses takes a few round trips, not one per
+        record: a partition's batches go one at a time, and a long queue of singles outlasts
+        the producer's timeout), a refused one gives its sequence numbers back (so the
+        batches after it are not answered OutOfOrderSequenceNumber), and one that meets a
+        lost producer state is sent again.
         """
         loop = asyncio.get_running_loop()
-        singles = [loop.create_future() for _ in recs]
+        mid = len(recs) // 2
+        halves = [recs[:mid], recs[mid:]]
+        subs = [loop.create_future() for _ in halves]
         try:
-            for rec, single in zip(recs, singles, strict=True):
-                await self._send_alone(single, [rec])
-            await asyncio.wait(singles)
+            for half, sub in zip(halves, subs, strict=True):
+                await self._send_alone(sub, half)
+            await asyncio.wait(subs)
         except BaseException as exc:
             _fail(fut, exc)
-            for single in singles:
-                single.cancel()
+            for sub in subs:
+                sub.cancel()
             if isinstance(exc, asyncio.CancelledError):
                 raise
             return
+        errors: list[BaseException | None] = []
+        for half, sub in zip(halves, subs, strict=True):
+            err = sub.exception()
+            if err is not None:
+                errors += [err] * len(half)
+            else:
+                outcome = sub.result()  # None, or each record's error after a split of its own
+                errors += outcome if outcome is not None else [None] * len(half)
         if not fut.done():
-            fut.set_result(tuple(single.exception() for single in singles))
+            fut.set_result(tuple(errors))
 
 
 def _fail(fut: asyncio.Future[Any], exc: BaseException) -> None:
