@@ -90,22 +90,31 @@ class _Lane:
 
     def add(self, records: list[Record], out: list[tuple[asyncio.Future[Any], int]]) -> None:
         """Append records to the open batch (opening more as they fill); each record's
-        ``(batch future, index in its batch)`` goes to ``out``."""
+        ``(batch future, index in its batch)`` goes to ``out``.
+
+        Records go straight into aiokafka's record-batch builder (its C builder, positional
+        arguments; the offset is the record's index in the batch), past the BatchBuilder
+        wrapper, whose record count is set to match when a batch is handed on or left open.
+        """
         batch, fut, recs = self.open, self.open_fut, self.open_recs
+        builder = batch._builder if batch is not None else None
         for rec in records:
             headers = rec.headers if rec.headers.__class__ is list else list(rec.headers)
-            if batch is None or batch.append(key=rec.key, value=rec.value, timestamp=rec.timestamp_ms,
-                                             headers=headers) is None:
+            if builder is None or builder.append(len(recs), rec.timestamp_ms, rec.key, rec.value, headers) is None:
                 if batch is not None:  # full: close it, open another
                     assert fut is not None
+                    batch._relative_offset = len(recs)
+                    batch.close()
                     self.queue.append((batch, fut, recs))
                 batch = self.sink.producers[self.producer].create_batch()
+                builder = batch._builder
                 fut, recs = asyncio.get_running_loop().create_future(), []
-                if batch.append(key=rec.key, value=rec.value, timestamp=rec.timestamp_ms,
-                                headers=headers) is None:  # pragma: no cover - limits prevent this
-                    raise SinkError(f"record of {rec.size} bytes does not fit a Kafka batch")
+                if builder.append(0, rec.timestamp_ms, rec.key, rec.value, headers) is None:  # pragma: no cover
+                    raise SinkError(f"record of {rec.size} bytes does not fit a Kafka batch")  # limits prevent this
             out.append((fut, len(recs)))  # type: ignore[arg-type]
             recs.append(rec)
+        if batch is not None:
+            batch._relative_offset = len(recs)
         self.open, self.open_fut, self.open_recs = batch, fut, recs
         if self.task is None:
             self.task = self.sink.spawn(self._run())

@@ -283,7 +283,11 @@ def _compact_event(data: bytes, pos: int) -> tuple[Event, int]:
                 vlen = data[k_end]
                 pos = k_end + 1
                 if vlen > 0x7F:
-                    vlen, pos = _compact_size(data, k_end)
+                    if data[pos] < 0x80:
+                        vlen = (vlen & 0x7F) | data[pos] << 7
+                        pos += 1
+                    else:
+                        vlen, pos = _compact_size(data, k_end)
                 v_end = pos + vlen
                 if v_end > end:
                     raise _past_end(vlen, end - pos)
@@ -293,8 +297,12 @@ def _compact_event(data: bytes, pos: int) -> tuple[Event, int]:
         elif fid == 2 and ctype == _C_BINARY:
             n = data[pos]
             pos += 1
-            if n > 0x7F:
-                n, pos = _compact_size(data, pos - 1)
+            if n > 0x7F:  # two bytes (a body under 16 KiB) inline, else the general reader
+                if data[pos] < 0x80:
+                    n = (n & 0x7F) | data[pos] << 7
+                    pos += 1
+                else:
+                    n, pos = _compact_size(data, pos - 1)
             b_end = pos + n
             if b_end > end:
                 raise _past_end(n, end - pos)

@@ -161,13 +161,19 @@ class Pipeline(Service):
         self._calls.add(reply)
         reply.add_done_callback(self._calls.discard)
         await self.ingress.send(value=Envelope(events, now_ms(), reply))
+        guard = asyncio.get_running_loop().call_later(self._reply_guard, self._unanswered, reply)
         try:
-            return await asyncio.wait_for(asyncio.shield(reply), self._reply_guard)
-        except TimeoutError:
-            reply.cancel()  # whatever answers it later is ignored
+            return await asyncio.shield(reply)  # a cancelled caller leaves the call to finish (stop waits for it)
+        finally:
+            guard.cancel()
+
+    def _unanswered(self, reply: asyncio.Future[int]) -> None:
+        """The reply guard: a call no stage answered in time is answered FAILED (a stage's
+        later answer is ignored: a call is answered once)."""
+        if not reply.done():
+            reply.set_result(Status.FAILED)
             self._throttled.log(logging.ERROR, "guard", "a call got no answer within %.0fs; answering FAILED",
                                 self._reply_guard)
-            return Status.FAILED
 
     def _count_filtered(self, interceptor: str, n: int) -> None:
         self.metrics.filtered.labels(interceptor=interceptor).inc(n)
