@@ -56,7 +56,7 @@ from agents.segments import (
     HEADER_LEN,
     encode_records,
     fsync_dir,
-    iter_records,
+    iter_chunks,
     make_dirs,
     shift_offset,
 )
@@ -190,18 +190,7 @@ class SegmentResult:
 
 def _chunks(path: Path, start: int, size: int, end: int | None) -> Iterator[tuple[int, int, list[Record]]]:
     """(first offset, end offset, records) in chunks of at most ``size`` records."""
-    chunk: list[Record] = []
-    first = last = start
-    for offset, next_offset, rec in iter_records(path, start, end):
-        if not chunk:
-            first = offset
-        chunk.append(rec)
-        last = next_offset
-        if len(chunk) >= size:
-            yield first, last, chunk
-            chunk = []
-    if chunk:
-        yield first, last, chunk
+    return iter_chunks(path, start, end, size)
 
 
 def archive(archive_dir: Path, segment: Path, records: Sequence[Record]) -> None:

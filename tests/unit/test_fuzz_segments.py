@@ -1,7 +1,8 @@
 """Fuzzing the disk buffer's record codec and segment reader (hypothesis).
 
 Whatever a segment file holds: ``decode_payload`` returns a record or raises CorruptRecord;
-``iter_records`` yields records then stops or raises CorruptRecord; ``scan_segment`` never
+``iter_records`` yields records then stops or raises CorruptRecord, and ``iter_chunks`` (the
+drain's fast reader) yields the same records in chunks and fails at the same offset; ``scan_segment`` never
 raises; ``recover_segment`` leaves a file that reads clean; all in time and memory bounded
 by the file's size. Any record (binary keys and header values, any Unicode, lone
 surrogates included) round-trips exactly.
@@ -33,6 +34,7 @@ from agents.segments import (
     decode_payload,
     encode_record,
     encode_records,
+    iter_chunks,
     iter_records,
     parse_frame_header,
     recover_segment,
@@ -209,6 +211,51 @@ def test_reading_any_segment_file_yields_records_or_corrupt_record_and_never_han
     if error is None:  # a clean read: the scan agrees, up to a torn tail
         assert scan.header_ok and not scan.corrupt and scan.events == len(got)
     assert scan.valid_bytes <= scan.size
+
+
+def _plain(rec: Record) -> Record:
+    return rec._replace(headers=tuple(rec.headers))  # the fast reader's headers are lists
+
+
+@given(data=st.data())
+@settings(max_examples=max(30, EXAMPLES // 2))
+def test_chunked_reading_of_any_segment_file_yields_what_reading_record_by_record_yields(
+        workdir: Path, data: st.DataObject) -> None:
+    content = data.draw(segment_files())
+    block = data.draw(st.sampled_from([11, 64, 1024 * 1024]))
+    size = data.draw(st.integers(1, 4))
+    end = data.draw(st.none() | st.just(len(content)) | st.integers(0, len(content) + 8))
+    path = _fresh(workdir) / "s.seg"
+    path.write_bytes(content)
+    saved, segments.CHUNK_BYTES = segments.CHUNK_BYTES, block
+    try:
+        one: list[tuple[int, int, Record]] = []
+        error: CorruptRecord | None = None
+        try:
+            for off, nxt, rec in iter_records(path, HEADER_LEN, end):
+                one.append((off, nxt, _plain(rec)))
+        except CorruptRecord as exc:
+            error = exc
+        chunks: list[tuple[int, int, list[Record]]] = []
+        chunk_error: CorruptRecord | None = None
+        try:
+            for first, last, recs in iter_chunks(path, HEADER_LEN, end, size):
+                chunks.append((first, last, [_plain(r) for r in recs]))
+        except CorruptRecord as exc:
+            chunk_error = exc
+    finally:
+        segments.CHUNK_BYTES = saved
+    assert (None if chunk_error is None else (chunk_error.offset, str(chunk_error))) == (
+        None if error is None else (error.offset, str(error)))
+    flat = [r for _, _, recs in chunks for r in recs]
+    assert flat == [r for _, _, r in one][:len(flat)]
+    # every chunk is full but the last, which (after an error) never comes out half-read
+    assert all(len(recs) == size for _, _, recs in chunks[:-1])
+    assert len(flat) == len(one) if error is None else len(one) - len(flat) < size
+    i = 0
+    for first, last, recs in chunks:
+        assert (first, last) == (one[i][0], one[i + len(recs) - 1][1])
+        i += len(recs)
 
 
 @given(data=st.data())
