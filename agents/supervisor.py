@@ -224,15 +224,18 @@ class Supervisor:
 
 
 class DrainSender:
-    """The drain's Kafka: the highest-priority cluster that is up, at each chunk."""
+    """The drain's Kafka: the highest-priority cluster that is up, at each chunk, through that
+    cluster's sink in ``sinks`` when given (the drain's own producers), else the live one."""
 
-    def __init__(self, supervisor: Supervisor) -> None:
+    def __init__(self, supervisor: Supervisor, sinks: Sequence[Sink] | None = None) -> None:
         self.supervisor = supervisor
+        self.sinks = sinks
 
     async def send_within(self, records: Sequence[Record], timeout: float) -> Delivery:  # noqa: ASYNC109
-        sink = self.supervisor.first_up()
-        if sink is None:
+        i = self.supervisor.live()
+        if i is None:
             return Delivery(list(records), "no Kafka cluster is up")
+        sink = self.supervisor.sinks[i] if self.sinks is None else self.sinks[i]
         delivery = await sink.send_within(records, timeout)
         if delivery.unacked:
             await self.supervisor.report(Outcome(sink.name, False, len(delivery.unacked),

@@ -303,6 +303,9 @@ class DrainSettings:
     #: chunk at a time); 0: no sharing, the drain runs as if there were no live traffic
     live_share: float = 1.0
     timeout: Duration = Duration(30.0)
+    #: the drain sends through producers of its own (one more connection per cluster): live
+    #: calls never wait in the drain's requests or behind its batches; false: it shares the live ones
+    own_producer: bool = True
 
 
 @dataclass(frozen=True, slots=True)

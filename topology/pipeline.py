@@ -17,6 +17,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import faust
@@ -73,7 +74,12 @@ class Pipeline(Service):
         self.kafka_stages = [KafkaStage(i, sink, self.failover, m, settings.failover.timeout)
                              for i, sink in enumerate(self.sinks)]
         self.spill = SpillStage(self.buffer, m)
-        self.drain = Drain(settings.drain, self.buffer, DrainSender(self.failover), self.failover, m)
+        #: the drain's own sinks, one per cluster (``drain.own_producer``), else it shares the live ones
+        self.drain_sinks = [KafkaSink(replace(cluster, client_id=f"{cluster.client_id}-drain"),
+                                      on_late_ack=m.duplicates.inc)
+                            for cluster in settings.kafka.clusters] if settings.drain.own_producer else []
+        self.drain = Drain(settings.drain, self.buffer, DrainSender(self.failover, self.drain_sinks or None),
+                           self.failover, m)
         self.drain.running = lambda: self.source.listening  # ends its round when the node stops
         self.live_events = 0
         self.drain.live_events = lambda: self.live_events
@@ -106,7 +112,7 @@ class Pipeline(Service):
             logger.warning("buffer.fsync is false: events answered OK from the disk buffer are NOT durable "
                            "(a crash or power cut can lose them); /status shows durable: false")
         await self.buffer.start()
-        await asyncio.gather(*(sink.start() for sink in self.sinks))
+        await asyncio.gather(*(sink.start() for sink in (*self.sinks, *self.drain_sinks)))
         for src in self.sources:
             await src.start()
         app = self.app_or_none()
@@ -137,7 +143,7 @@ class Pipeline(Service):
         for src in self.sources:
             await src.stop()
         await self.buffer.stop()
-        await asyncio.gather(*(sink.stop() for sink in self.sinks))
+        await asyncio.gather(*(sink.stop() for sink in (*self.sinks, *self.drain_sinks)))
         logger.info("spillway stopped")
 
     def refresh_gauges(self) -> None:
