@@ -40,6 +40,7 @@ from agents.source_base import StreamSource
 from agents.spill import SpillStage
 from agents.supervisor import DrainSender, Outcome, Supervisor
 from agents.thrift_source import Status, ThriftSource, now_ms
+from core.errors import BufferError
 from core.metrics import Metrics
 from core.ratelog import Throttled, drop_debug_overhead, throttle_library_logs
 from core.settings import Settings
@@ -112,7 +113,10 @@ class Pipeline(Service):
         if not self.settings.buffer.fsync:
             logger.warning("buffer.fsync is false: events answered OK from the disk buffer are NOT durable "
                            "(a crash or power cut can lose them); /status shows durable: false")
-        await self.buffer.start()
+        try:
+            await self.buffer.start()
+        except BufferError as exc:  # e.g. another worker holds the directory: stop, saying why
+            raise SystemExit(f"spillway: cannot start: {exc}") from None
         await asyncio.gather(*(sink.start() for sink in self.sinks))
         if self.drain_only:
             st = self.buffer.stats()
