@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from helpers import Load, TcpProxy, Worker, check_all_in_kafka, unique, wait_until
+from test_views import render
 
 from devtools.kafka import Broker
 
@@ -55,7 +56,7 @@ def segments(directory: Path) -> int:
 
 
 def test_two_processes_share_the_thrift_port_and_every_acked_event_reaches_kafka(
-        kafka_up: Broker, make_node: Callable[..., Worker]) -> None:
+        kafka_up: Broker, make_node: Callable[..., Worker], tmp_path: Path) -> None:
     node = make_node(kafka_up.bootstrap, 2)
     wait_until(lambda: all_ready(node, 2), 30, what="both processes ready")
     rows = processes(node)
@@ -78,6 +79,10 @@ def test_two_processes_share_the_thrift_port_and_every_acked_event_reaches_kafka
     # /ready and /metrics stay per process
     assert node.get("/ready")["ready"]
     assert "spillway_events_received_total" in node.get("/metrics")
+    dom, _ = render(node, tmp_path, "processes")  # the status page lists both
+    table = dom.split('id="processes"', 1)[1].split("</table>", 1)[0]
+    assert table.count("<tr>") == 4, table  # head, two processes, total
+    assert f">{node.web_port + 1}</a>" in table and "2 of 2 answering" in table
     assert node.stop() == 0  # a clean stop of every child
 
 
@@ -90,6 +95,9 @@ def test_a_killed_child_is_restarted_and_retrying_clients_lose_nothing(
     time.sleep(2)
     os.kill(victim, signal.SIGKILL)
     t0 = time.monotonic()
+    down = wait_until(lambda: processes(node)[1]["state"] == "down" and node.status(), 5,
+                      what="process 0 lists process 1 as down")
+    assert down["processes_total"]["answering"] == 1 and down["processes"][0]["ready"]
     wait_until(lambda: all_ready(node, 2) and processes(node)[1]["pid"] != victim, 40,
                what="process 1 restarted and ready")
     restarted_in = time.monotonic() - t0
