@@ -1070,7 +1070,8 @@ def process_place(env: Mapping[str, str]) -> ProcessPlace:
     place = ProcessPlace(number("SPILLWAY_PROCESS_INDEX", 0, 0), number("SPILLWAY_PROCESS_COUNT", 1, 1),
                          env.get("SPILLWAY_PROCESS_DRAIN_ONLY", "") in ("1", "true"))
     if place.index >= place.count and not place.drain_only:
-        raise ConfigError("SPILLWAY_PROCESS_INDEX", f"{place.index} is not below SPILLWAY_PROCESS_COUNT ({place.count})")
+        raise ConfigError("SPILLWAY_PROCESS_INDEX",
+                          f"{place.index} is not below SPILLWAY_PROCESS_COUNT ({place.count})")
     return place
 
 

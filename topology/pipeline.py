@@ -118,6 +118,9 @@ class Pipeline(Service):
         except BufferError as exc:  # e.g. another worker holds the directory: stop, saying why
             raise SystemExit(f"spillway: cannot start: {exc}") from None
         await asyncio.gather(*(sink.start() for sink in self.sinks))
+        app = self.app_or_none()
+        if app is not None:
+            app.flow_control.resume()  # the channels (outcomes to the supervisor) flow
         if self.drain_only:
             st = self.buffer.stats()
             logger.info("%s holds %d events (%d bytes) from a run with more processes; draining it, then stopping",
@@ -126,9 +129,6 @@ class Pipeline(Service):
             return
         for src in self.sources:
             await src.start()
-        app = self.app_or_none()
-        if app is not None:
-            app.flow_control.resume()
         logger.info("spillway ready: %s, Kafka %s, buffer at %s",
                     ", ".join(f"{src.name} on port {src.port}" for src in self.sources),
                     " > ".join(f"{s.name} ({s.settings.bootstrap_servers})" for s in self.sinks),

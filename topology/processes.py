@@ -248,12 +248,16 @@ def run_if_asked(argv: Sequence[str]) -> int | None:
         split = split_processes(argv)
     except ProcessesError as exc:
         raise SystemExit(f"spillway: {exc}") from None
-    if split is None or "SPILLWAY_PROCESS_INDEX" in os.environ:  # not `worker`, or already a child
+    if split is None:  # not `worker`
         return None
     flag, args = split
+    if "SPILLWAY_PROCESS_INDEX" in os.environ:  # already one of the children
+        sys.argv[1:] = args
+        return None
     try:
         settings = load_settings()
     except ConfigError:
+        sys.argv[1:] = args
         return None  # the worker itself reports it, as without --processes
     count = node_processes(settings, flag)
     if any(a in ("--web-port", "-p") or a.startswith("--web-port=") for a in args) and count > 1:
