@@ -737,9 +737,11 @@ NOT_SETTINGS: frozenset[str] = frozenset({
     "SPILLWAY_CHAOS_ROUNDS", "SPILLWAY_CHAOS_SEED", "SPILLWAY_CHAOS_FAULTS", "SPILLWAY_CHAOS_RECORD",  # tests
     "SPILLWAY_FUZZ_FRAMES", "SPILLWAY_FUZZ_CONNECTIONS", "SPILLWAY_FUZZ_PROTOCOL", "SPILLWAY_FUZZ_SEED",
     "SPILLWAY_HYPOTHESIS_PROFILE",
-    # set by the parent of N worker processes (topology/processes.py) for each child
-    "SPILLWAY_PROCESS_INDEX", "SPILLWAY_PROCESS_COUNT", "SPILLWAY_PROCESS_DRAIN_ONLY",
 })
+#: set by the parent of N worker processes (topology/processes.py) for each child: no key of
+#: the file, but they shape the settings (:func:`process_place`, :func:`for_process`)
+PROCESS_VARIABLES: frozenset[str] = frozenset({
+    "SPILLWAY_PROCESS_INDEX", "SPILLWAY_PROCESS_COUNT", "SPILLWAY_PROCESS_DRAIN_ONLY"})
 #: fields of :class:`Settings` that are no key of the file nor of the environment
 NOT_LOADED: frozenset[str] = frozenset({"origins", "process"})
 
@@ -772,7 +774,7 @@ def _check_environment(env: Mapping[str, str]) -> None:
     naming it and the nearest one; never its value (it may be a secret)."""
     names, file_only = _environment_names()
     for var in sorted(env):
-        if not var.startswith("SPILLWAY_") or var in names or var in NOT_SETTINGS:
+        if not var.startswith("SPILLWAY_") or var in names or var in NOT_SETTINGS or var in PROCESS_VARIABLES:
             continue
         if var in file_only:
             raise ConfigError(var, f"[[{file_only[var]}]] is set in the configuration file only")
