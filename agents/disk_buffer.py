@@ -17,6 +17,9 @@ All segments on disk are closed after start; the first append opens a new active
 go back: the next one is ``max(highest seen + 1, now in microseconds)``, so a
 name is not reused even after the drain deleted every segment.
 
+While it runs, the buffer holds an exclusive ``flock`` on ``directory/.lock`` (with its pid in
+it): a second worker on the same directory stops at start, naming the directory and that pid.
+
 A failed write or fsync fails that group's appends with BufferError and the
 segment is truncated back to its last acknowledged byte (retried before the next
 write while the disk refuses), so nothing unacknowledged looks acknowledged.
@@ -25,6 +28,7 @@ write while the disk refuses), so nothing unacknowledged looks acknowledged.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import logging
 import os
@@ -130,6 +134,33 @@ def _remove(path: Path, fsync: bool) -> None:
 
 
 SEAL_SUFFIX: Final = ".sealed"
+#: the file a running buffer holds an exclusive flock on (one worker per directory)
+LOCK_FILE: Final = ".lock"
+
+
+def _take_lock(directory: Path) -> int:
+    """In a thread: lock ``directory`` for this process (its pid written in the lock file), or
+    raise BufferError naming the directory and the pid that holds it."""
+    path = directory / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        os.close(fd)
+        raise BufferError(f"the disk buffer {directory} is in use by another worker"
+                          f"{f' (pid {holder})' if holder else ''}: each worker process needs its own "
+                          "buffer.directory") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _release_lock(fd: int) -> None:
+    os.close(fd)  # closing the last descriptor releases the flock
 
 
 def seal_path(segment: Path) -> Path:
@@ -204,6 +235,7 @@ class DiskBuffer:
         self.writer_restarts = 0
         #: segments start-up had to read (no seal matching them): the one open at a crash
         self.scanned_at_start = 0
+        self._lock_fd: int | None = None  # the flock on LOCK_FILE while started
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -214,7 +246,14 @@ class DiskBuffer:
                 return
             if self._state == "stopping":
                 raise BufferError("disk buffer is stopping")
-            segments, max_seq, quarantined = await asyncio.to_thread(self._load)
+            if self._lock_fd is None:
+                await asyncio.to_thread(make_dirs, self.quarantine_dir)  # and the buffer directory
+                self._lock_fd = await asyncio.to_thread(_take_lock, self.directory)
+            try:
+                segments, max_seq, quarantined = await asyncio.to_thread(self._load)
+            except BaseException:
+                self._unlock()
+                raise
             self._segments = {s.path: s for s in segments}
             self._bytes = sum(s.size for s in segments)
             self._events = sum(s.events for s in segments)
@@ -306,6 +345,12 @@ class DiskBuffer:
                         self._active = None
                         await asyncio.to_thread(os.close, active.fd)
         self._state = "stopped"
+        self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            fd, self._lock_fd = self._lock_fd, None
+            _release_lock(fd)
 
     def _seal(self, reason: str, cause: BaseException | None = None) -> None:
         """Nobody takes from the queue any more: fail what is in flight or waits in it."""

@@ -171,7 +171,8 @@ class HttpSource(Service):
         self._runner = web.AppRunner(app, access_log=None, auto_decompress=False,
                                      keepalive_timeout=s.idle_timeout or 75.0, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, s.host, s.port, ssl_context=ssl_ctx, backlog=1024)
+        site = web.TCPSite(self._runner, s.host, s.port, ssl_context=ssl_ctx, backlog=1024,
+                           reuse_port=s.reuse_port or None)
         await site.start()
         server = getattr(site, "_server", None)
         self.port = server.sockets[0].getsockname()[1] if server is not None and server.sockets else s.port

@@ -165,7 +165,9 @@ class StreamSource(Service):
         # the loop's first read: uvloop can hand a ClientHello to the plain stream first).
         tls: dict[str, Any] = {} if listen_ssl is None else {
             "ssl": listen_ssl, "ssl_handshake_timeout": s.frame_timeout or TLS_HANDSHAKE_TIMEOUT}
-        self._server = await asyncio.start_server(self._accept, s.host, s.port, backlog=1024, **tls)
+        # reuse_port: several worker processes of one node share the port (node.processes)
+        self._server = await asyncio.start_server(self._accept, s.host, s.port, backlog=1024,
+                                                  reuse_port=getattr(s, "reuse_port", False) or None, **tls)
         self.port = self._server.sockets[0].getsockname()[1]
         self.listening = True
         logger.info("%s source listening on %s:%s (%s)", self.name, s.host, self.port, self.describe())

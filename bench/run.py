@@ -9,6 +9,8 @@ load with bench/loadgen.py (Flume's protocol, compact, appendBatch of 100 × 512
 topics, each event keyed). Scenarios:
 
 - ``healthy``: Kafka acknowledges (acks=all) before the client is answered;
+- ``healthy_2p``: the same against ``spillway worker --processes N`` (``--worker-processes``, 2):
+  N workers share the Thrift port; server CPU and RSS are summed over the parent and its children;
 - ``kafka_down``: the worker's Kafka is unreachable, the disk buffer (fsync) acknowledges;
 - ``drain_alone``: a backlog drains into Kafka with no live load (events/s, CPU µs an event);
 - ``drain``: a backlog in the buffer drains into Kafka while live load continues;
@@ -67,6 +69,29 @@ def _rss_mb(pid: int, key: str = "VmRSS") -> float:
     return 0.0
 
 
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its children (the parent of ``--processes N`` and its workers), from /proc."""
+    out = [pid]
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(entry.name))
+            except (OSError, ValueError, IndexError):
+                continue
+    return out
+
+
+def _sum(pids: list[int], measure: Any) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            total += measure(pid)
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+    return total
+
+
 @dataclass
 class Proc:
     """A long-running process under test (a worker, a Flume agent)."""
@@ -117,6 +142,12 @@ class Spillway:
     thrift_port: int = field(default_factory=free_port)
     web_port: int = field(default_factory=free_port)
     proc: Proc | None = None
+    processes: int = 1  # spillway worker --processes N
+
+    @property
+    def tree(self) -> list[int]:
+        """The worker's pids: the one process, or the parent and its N children."""
+        return _tree(self.proc.pid) if self.proc else []
 
     def start(self) -> Spillway:
         env = dict(os.environ)
@@ -130,12 +161,15 @@ class Spillway:
         })
         env.update(self.extra)
         self.workdir.mkdir(parents=True, exist_ok=True)
+        more = ["--processes", str(self.processes)] if self.processes != 1 else []
         self.proc = Proc([PY, "-m", "topology.cli", "--datadir", str(self.workdir / "faust"), "--loglevel", "warn",
-                          "worker"], env, self.workdir / "worker.log").start()
+                          "worker", *more], env, self.workdir / "worker.log").start()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
-                if self.status().get("state") == "running":
+                st = self.status()
+                if st.get("state") == "running" and (
+                        self.processes == 1 or st.get("processes_total", {}).get("ready") == self.processes):
                     return self
             except OSError:
                 pass
@@ -154,21 +188,26 @@ class Spillway:
 # -- load --------------------------------------------------------------------------------------------
 
 def load(port: int, seconds: float, args: argparse.Namespace, watch: int | None = None,
-         rate: float = 0.0) -> dict[str, Any]:
+         rate: float = 0.0, tree: bool = False) -> dict[str, Any]:
     """Run the load generator against ``port`` (``rate`` events/s, 0: flat out); sample
-    ``watch`` (a pid) for CPU and RSS."""
+    ``watch`` (a pid; ``tree``: with its children, summed) for CPU and RSS."""
+
+    def pids() -> list[int]:
+        return [] if not watch else _tree(watch) if tree else [watch]
+
     cmd = [PY, "-m", "bench.loadgen", "--port", str(port), "--seconds", str(seconds),
            "--processes", str(args.processes), "--connections", str(args.connections),
            "--batch", str(args.batch), "--size", str(args.size), "--protocol", args.protocol,
            "--rate", str(rate)]
-    cpu0 = _cpu_seconds(watch) if watch else 0.0
+    watched = pids()
+    cpu0 = _sum(watched, _cpu_seconds)
     t0 = time.monotonic()
     peak = 0.0
     children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     gen = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
     while gen.poll() is None:
         if watch:
-            peak = max(peak, _rss_mb(watch))
+            peak = max(peak, _sum(watched, _rss_mb))
         time.sleep(0.25)
     elapsed = time.monotonic() - t0
     children = resource.getrusage(resource.RUSAGE_CHILDREN)  # the generator and its processes, reaped
@@ -176,10 +215,11 @@ def load(port: int, seconds: float, args: argparse.Namespace, watch: int | None 
     gen_cpu = (children.ru_utime - children0.ru_utime) + (children.ru_stime - children0.ru_stime)
     out["loadgen_cpu_percent"] = round(100 * gen_cpu / elapsed)
     if watch:
-        cpu = _cpu_seconds(watch) - cpu0
+        cpu = _sum(watched, _cpu_seconds) - cpu0
         out["server_cpu_percent"] = round(cpu / elapsed * 100)
         out["server_cpu_us_per_event"] = round(cpu / elapsed / max(1, out.get("events_per_second", 0)) * 1e6, 1)
-        out["server_peak_rss_mb"] = round(max(peak, _rss_mb(watch)), 1)
+        out["server_peak_rss_mb"] = round(max(peak, _sum(watched, _rss_mb)), 1)
+        out["server_processes"] = len(watched)
     return out
 
 
@@ -376,7 +416,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--smoke", action="store_true", help="a few seconds a scenario; no Flume, small backlog")
     ap.add_argument("--long", action="store_true", help="add a >= 10 minute run for RSS drift")
     ap.add_argument("--seconds", type=float, default=15.0)
-    ap.add_argument("--processes", type=int, default=2)
+    ap.add_argument("--processes", type=int, default=2, help="the load generator's processes")
+    ap.add_argument("--worker-processes", type=int, default=2, help="spillway's processes in healthy_2p")
     ap.add_argument("--connections", type=int, default=4)
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--size", type=int, default=512)
@@ -402,6 +443,17 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 load(w.thrift_port, 2, args)  # warm-up: topics created, JIT of the broker warm
                 results["healthy"] = load(w.thrift_port, args.seconds, args, watch=w.proc.pid if w.proc else None)
+            finally:
+                w.stop()
+        if want("healthy_2p"):
+            w = Spillway(work / "healthy-2p", broker.bootstrap, processes=args.worker_processes).start()
+            try:
+                load(w.thrift_port, 2, args)
+                results["healthy_2p"] = load(w.thrift_port, args.seconds, args, watch=w.proc.pid if w.proc else None,
+                                             tree=True)
+                results["healthy_2p"]["worker_processes"] = args.worker_processes
+                results["healthy_2p"]["events_taken_by_process"] = [
+                    r.get("events_taken") for r in w.status().get("processes", [])]
             finally:
                 w.stop()
         if want("kafka_down"):
@@ -450,7 +502,7 @@ def _ratio(a: dict[str, Any] | None, b: dict[str, Any] | None) -> str:
 
 def report(results: dict[str, Any], write: bool) -> None:
     rows = []
-    for name in ("healthy", "kafka_down", "bare_aiokafka", "java_producer", "flume_memory", "flume_file"):
+    for name in ("healthy", "healthy_2p", "kafka_down", "bare_aiokafka", "java_producer", "flume_memory", "flume_file"):
         r = results.get(name)
         if not r:
             continue
@@ -480,6 +532,12 @@ def report(results: dict[str, Any], write: bool) -> None:
         f"flume file channel {_ratio(h, results.get('flume_file'))}; "
         f"kafka down / healthy {_ratio(results.get('kafka_down'), h)}.",
     ]
+    p2 = results.get("healthy_2p")
+    if p2:
+        per = ", ".join(f"{n:,}" for n in p2.get("events_taken_by_process", []) if n is not None)
+        lines += ["", f"healthy_2p / healthy {_ratio(p2, h)}: spillway worker --processes {p2['worker_processes']} "
+                  f"(CPU and RSS summed over {p2.get('server_processes', '-')} processes: the parent and its "
+                  f"workers; events taken by process: {per})."]
     down = results.get("kafka_down")
     if down and down.get("disk_bytes_per_event"):
         size = results['args']['size']

@@ -208,6 +208,8 @@ class ThriftSettings:
     tls_keyfile: str = ""
     tls_cafile: str = ""
     tls_verify_client: bool = False
+    #: listen with SO_REUSEPORT (several processes share the port); set by itself with node.processes > 1
+    reuse_port: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +235,8 @@ class AvroSettings:
     tls_keyfile: str = ""
     tls_cafile: str = ""
     tls_verify_client: bool = False
+    #: listen with SO_REUSEPORT (several processes share the port); set by itself with node.processes > 1
+    reuse_port: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +258,8 @@ class HttpSettings:
     tls_keyfile: str = ""
     tls_cafile: str = ""
     tls_verify_client: bool = False
+    #: listen with SO_REUSEPORT (several processes share the port); set by itself with node.processes > 1
+    reuse_port: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -395,6 +401,24 @@ _REQUIRED: Mapping[str, tuple[str, ...]] = {"static": ("key", "value"), "regex_f
 
 
 @dataclass(frozen=True, slots=True)
+class NodeSettings:
+    #: worker processes on this node (``spillway worker --processes N`` wins over it)
+    processes: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessPlace:
+    """Which of the node's worker processes this one is: told by the parent process
+    (``topology/processes.py``) in ``SPILLWAY_PROCESS_INDEX``/``_COUNT``/``_DRAIN_ONLY``,
+    never read from the file."""
+
+    index: int = 0
+    count: int = 1
+    #: drains a buffer directory a run with more processes left behind; its sources do not listen
+    drain_only: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     source: SourceSettings = field(default_factory=SourceSettings)
@@ -403,10 +427,13 @@ class Settings:
     failover: FailoverSettings = field(default_factory=FailoverSettings)
     drain: DrainSettings = field(default_factory=DrainSettings)
     web: WebSettings = field(default_factory=WebSettings)
+    node: NodeSettings = field(default_factory=NodeSettings)
     #: ``[[interceptors]]``, in the order they apply
     interceptors: tuple[InterceptorSettings, ...] = ()
     #: where each key's value came from: "default", the file's path, or "env:NAME"
     origins: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+    #: this process's place among the node's worker processes (from the environment, not the file)
+    process: ProcessPlace = field(default_factory=ProcessPlace, compare=False)
 
     def flat(self) -> dict[str, Any]:
         """Every key as ``section.key`` → value (for check-config and /status)."""
@@ -414,7 +441,7 @@ class Settings:
 
         def walk(obj: Any, prefix: str) -> None:
             for f in dataclasses.fields(obj):
-                if f.name == "origins":
+                if f.name in NOT_LOADED:
                     continue
                 value = getattr(obj, f.name)
                 if dataclasses.is_dataclass(value):
@@ -544,7 +571,7 @@ def _build(cls: type, table: Mapping[str, Any], prefix: str, origin: str,
     elif cls is ProducerSettings:
         table = _producer_table(table, prefix)
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls) if f.name != "origins"}
+    known = {f.name for f in dataclasses.fields(cls) if f.name not in NOT_LOADED}
     for name in table:
         if name not in known:
             raise ConfigError(f"{prefix}{name}", "unknown key" + _nearest(name, known, _HINTS))
@@ -714,6 +741,12 @@ NOT_SETTINGS: frozenset[str] = frozenset({
     "SPILLWAY_FUZZ_FRAMES", "SPILLWAY_FUZZ_CONNECTIONS", "SPILLWAY_FUZZ_PROTOCOL", "SPILLWAY_FUZZ_SEED",
     "SPILLWAY_HYPOTHESIS_PROFILE",
 })
+#: set by the parent of N worker processes (topology/processes.py) for each child: no key of
+#: the file, but they shape the settings (:func:`process_place`, :func:`for_process`)
+PROCESS_VARIABLES: frozenset[str] = frozenset({
+    "SPILLWAY_PROCESS_INDEX", "SPILLWAY_PROCESS_COUNT", "SPILLWAY_PROCESS_DRAIN_ONLY"})
+#: fields of :class:`Settings` that are no key of the file nor of the environment
+NOT_LOADED: frozenset[str] = frozenset({"origins", "process"})
 
 
 def _environment_names(cls: type = Settings, prefix: str = "") -> tuple[set[str], dict[str, str]]:
@@ -724,7 +757,7 @@ def _environment_names(cls: type = Settings, prefix: str = "") -> tuple[set[str]
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         key = f"{prefix}{f.name}"
-        if f.name == "origins":
+        if f.name in NOT_LOADED:
             continue
         if dataclasses.is_dataclass(hints[f.name]):
             inner, inner_file_only = _environment_names(hints[f.name], f"{key}.")
@@ -744,7 +777,7 @@ def _check_environment(env: Mapping[str, str]) -> None:
     naming it and the nearest one; never its value (it may be a secret)."""
     names, file_only = _environment_names()
     for var in sorted(env):
-        if not var.startswith("SPILLWAY_") or var in names or var in NOT_SETTINGS:
+        if not var.startswith("SPILLWAY_") or var in names or var in NOT_SETTINGS or var in PROCESS_VARIABLES:
             continue
         if var in file_only:
             raise ConfigError(var, f"[[{file_only[var]}]] is set in the configuration file only")
@@ -927,6 +960,8 @@ def _validate(s: Settings) -> None:
         raise ConfigError("drain.live_share", "must be 0 (off) or more")
     if s.buffer.max_bytes < s.source.thrift.max_event_bytes:
         raise ConfigError("buffer.max_bytes", "must hold at least one event")
+    if s.node.processes < 1:
+        raise ConfigError("node.processes", "must be at least 1")
 
 
 def _validate_thrift(t: ThriftSettings) -> None:
@@ -1013,4 +1048,52 @@ def load_settings(path: str | os.PathLike[str] | None = None,
     built: Settings = _build(Settings, table, "", str(path), env, origins)
     settings = dataclasses.replace(built, origins=origins)
     _validate(settings)
-    return settings
+    return for_process(settings, process_place(env))
+
+
+# -- one of several worker processes -------------------------------------------------------------
+
+def process_dir(base: Path, index: int) -> Path:
+    """Process ``index``'s own directory under a shared one: process 0 keeps ``base`` itself
+    (going from 1 to N processes and back keeps its backlog where it was)."""
+    return base if index == 0 else base / f"process-{index}"
+
+
+def process_place(env: Mapping[str, str]) -> ProcessPlace:
+    """This process's place, from the variables the parent sets (none: the only process)."""
+
+    def number(name: str, default: int, low: int) -> int:
+        raw = env.get(name, "")
+        try:
+            value = int(raw) if raw else default
+        except ValueError:
+            raise ConfigError(name, f"{raw!r} is not a whole number") from None
+        if value < low:
+            raise ConfigError(name, f"must be at least {low}")
+        return value
+
+    place = ProcessPlace(number("SPILLWAY_PROCESS_INDEX", 0, 0), number("SPILLWAY_PROCESS_COUNT", 1, 1),
+                         env.get("SPILLWAY_PROCESS_DRAIN_ONLY", "") in ("1", "true"))
+    if place.index >= place.count and not place.drain_only:
+        raise ConfigError("SPILLWAY_PROCESS_INDEX",
+                          f"{place.index} is not below SPILLWAY_PROCESS_COUNT ({place.count})")
+    return place
+
+
+def for_process(s: Settings, place: ProcessPlace) -> Settings:
+    """The settings of process ``place.index``: its own web port (web.port + index), buffer and
+    archive directories (:func:`process_dir`); every source port shared with SO_REUSEPORT when
+    the node runs more than one process."""
+    if place == ProcessPlace():
+        return s
+    i, shared = place.index, place.count > 1
+    src = s.source
+    return dataclasses.replace(
+        s, process=place,
+        web=dataclasses.replace(s.web, port=s.web.port + i if s.web.port else 0),
+        buffer=dataclasses.replace(s.buffer, directory=process_dir(s.buffer.directory, i)),
+        drain=dataclasses.replace(s.drain, archive_directory=process_dir(s.drain.archive_directory, i)),
+        source=dataclasses.replace(
+            src, thrift=dataclasses.replace(src.thrift, reuse_port=src.thrift.reuse_port or shared),
+            avro=dataclasses.replace(src.avro, reuse_port=src.avro.reuse_port or shared),
+            http=dataclasses.replace(src.http, reuse_port=src.http.reuse_port or shared)))

@@ -55,6 +55,8 @@ class Worker:
     thrift_port: int = field(default_factory=free_port)
     web_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    #: after ``worker`` (e.g. ``["--processes", "2"]``)
+    args: list[str] = field(default_factory=list)
 
     @property
     def buffer_dir(self) -> Path:
@@ -86,7 +88,7 @@ class Worker:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "topology.cli", "--datadir", str(self.directory / "faust"),
-             "--loglevel", "info", "worker"],
+             "--loglevel", "info", "worker", *self.args],
             cwd=ROOT, env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         log.close()

@@ -21,6 +21,8 @@ autodiscovery imports them at start, so this module imports neither.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 
 import faust
 from faust.app.base import BootStrategy
@@ -102,7 +104,7 @@ async def supervisor(stream: faust.StreamT[Outcome]) -> None:
 @app.timer(interval=settings.failover.probe_interval)
 async def probe() -> None:
     """Probes each parked Kafka cluster whose penalty is over."""
-    if not node.source.listening:  # not started yet, or stopping
+    if not node.active:  # not started yet, or stopping
         return
     try:
         await node.failover.tick()
@@ -112,10 +114,13 @@ async def probe() -> None:
 
 @app.timer(interval=settings.drain.interval)
 async def drain() -> None:
-    """Drains closed buffer segments into Kafka while Kafka is up."""
-    if not node.source.listening:
+    """Drains closed buffer segments into Kafka while Kafka is up (a drain-only node: then stops)."""
+    if not node.active:
         return
     try:
         await node.drain.run_once()
+        if node.drained:
+            logger.info("%s is drained; this drain-only process stops", settings.buffer.directory)
+            os.kill(os.getpid(), signal.SIGTERM)  # the worker's own clean stop (exit status 0)
     except Exception:
         logger.exception("drain timer: unexpected error")

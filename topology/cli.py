@@ -41,6 +41,12 @@ def main() -> None:
     # uvloop unless told otherwise (-L/--loop, FAUST_LOOP): faust reads this when imported.
     os.environ.setdefault("FAUST_LOOP", "uvloop")
     own_packages_first()
+    # `worker --processes N` (or [node] processes > 1): a parent of N workers, before Faust parses argv
+    from topology.processes import run_if_asked
+
+    status = run_if_asked(sys.argv[1:])
+    if status is not None:
+        raise SystemExit(status)
     from topology.app import app
 
     app.main()

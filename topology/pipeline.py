@@ -7,6 +7,10 @@
 
 ``topology/app.py`` makes the channels and registers each stage's body as a Faust agent.
 
+A *drain-only* node (``settings.process.drain_only``: a buffer directory left by a run with
+more worker processes, see ``topology/processes.py``) starts the buffer and the sinks but
+no source, drains, and tells the worker to stop once its buffer is empty (:attr:`Pipeline.drained`).
+
 Shutdown (SIGTERM/SIGINT): stop intake, let calls in flight finish (each is answered only
 once durable), fsync and close the buffer, close the producers, within a deadline.
 """
@@ -37,6 +41,7 @@ from agents.source_base import StreamSource
 from agents.spill import SpillStage
 from agents.supervisor import DrainSender, Outcome, Supervisor
 from agents.thrift_source import Status, ThriftSource, now_ms
+from core.errors import BufferError
 from core.metrics import Metrics
 from core.ratelog import Throttled, drop_debug_overhead, throttle_library_logs
 from core.settings import Settings
@@ -80,7 +85,7 @@ class Pipeline(Service):
                             for cluster in settings.kafka.clusters] if settings.drain.own_producer else []
         self.drain = Drain(settings.drain, self.buffer, DrainSender(self.failover, self.drain_sinks or None),
                            self.failover, m)
-        self.drain.running = lambda: self.source.listening  # ends its round when the node stops
+        self.drain.running = lambda: self.active  # ends its round when the node stops
         self.live_events = 0
         self.drain.live_events = lambda: self.live_events
         self.source = ThriftSource(settings.source.thrift, self.handle, m)
@@ -94,6 +99,9 @@ class Pipeline(Service):
             m.connections.labels(source=src.name)
             m.bad_frames.labels(source=src.name)
         self.started_at = time.time()
+        #: takes no events: only drains its buffer, then stops (a directory a larger run left behind)
+        self.drain_only = settings.process.drain_only
+        self._draining = False
         self._calls: set[asyncio.Future[int]] = set()  # replies not yet given: calls in flight
         self._quarantined_seen = 0
         self._throttled = Throttled(logger)
@@ -111,17 +119,37 @@ class Pipeline(Service):
         if not self.settings.buffer.fsync:
             logger.warning("buffer.fsync is false: events answered OK from the disk buffer are NOT durable "
                            "(a crash or power cut can lose them); /status shows durable: false")
-        await self.buffer.start()
+        try:
+            await self.buffer.start()
+        except BufferError as exc:  # e.g. another worker holds the directory: stop, saying why
+            raise SystemExit(f"spillway: cannot start: {exc}") from None
         await asyncio.gather(*(sink.start() for sink in (*self.sinks, *self.drain_sinks)))
-        for src in self.sources:
-            await src.start()
         app = self.app_or_none()
         if app is not None:
-            app.flow_control.resume()
+            app.flow_control.resume()  # the channels (outcomes to the supervisor) flow
+        if self.drain_only:
+            st = self.buffer.stats()
+            logger.info("%s holds %d events (%d bytes) from a run with more processes; draining it, then stopping",
+                        self.settings.buffer.directory.name, st.events, st.bytes)
+            self._draining = True
+            return
+        for src in self.sources:
+            await src.start()
         logger.info("spillway ready: %s, Kafka %s, buffer at %s",
                     ", ".join(f"{src.name} on port {src.port}" for src in self.sources),
                     " > ".join(f"{s.name} ({s.settings.bootstrap_servers})" for s in self.sinks),
                     self.settings.buffer.directory)
+
+    @property
+    def active(self) -> bool:
+        """Started and not stopping: the sources listen (a drain-only node: its drain runs).
+        The drain, probe and history timers run only then."""
+        return self._draining if self.drain_only else self.source.listening
+
+    @property
+    def drained(self) -> bool:
+        """A drain-only node whose buffer holds no segment any more: its work is done."""
+        return self.drain_only and self._draining and self.buffer.stats().segments == 0
 
     @property
     def listening(self) -> bool:
@@ -133,6 +161,7 @@ class Pipeline(Service):
 
     async def on_stop(self) -> None:
         logger.info("spillway stopping: closing intake")
+        self._draining = False
         for src in self.sources:
             await src.stop_intake()
         if self._calls:

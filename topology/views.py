@@ -9,12 +9,15 @@ sample as ``rates``. The page at ``/`` is ``status_page.html``: one self-contain
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import time
 from collections import deque
 from importlib import resources
 from typing import Any, NamedTuple
 
+import aiohttp
 import faust
 from faust import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -131,7 +134,7 @@ async def sample_history() -> None:
     """Adds one sample a second to :data:`history`; never raises (that would stop the worker)."""
     global _sampler_failed
     p = topo.node
-    if not p.source.listening:
+    if not p.active:
         return
     try:
         observe(p)
@@ -211,7 +214,7 @@ def sink_doc(f: Failover, cluster: KafkaSettings, p: Pipeline, now: float) -> di
 
 def status_document() -> dict[str, Any]:
     p = topo.node
-    if not p.listening and not p.should_stop:
+    if not p.active and not p.should_stop:
         return {"state": "starting"}
     now = time.monotonic()
     sup = p.failover
@@ -226,9 +229,13 @@ def status_document() -> dict[str, Any]:
     def summed(name: str) -> int:  # every label
         return int(sum(v for k, v in counters.items() if k == name or k.startswith(name + "{")))
 
+    place = p.settings.process
     return {
-        "state": "running" if p.listening else "stopping",
+        "state": "running" if p.active else "stopping",
+        "ready": p.listening and p.buffer.healthy,
         "uptime_seconds": round(time.time() - p.started_at, 1),
+        "process": {"index": place.index, "count": place.count, "pid": os.getpid(),
+                    "web_port": p.settings.web.port, "drain_only": place.drain_only},
         "source": {"port": p.source.port, "protocol": p.settings.source.thrift.protocol,  # the Thrift source
                    "connections": summed("spillway_source_connections")},  # every source's
         "sources": [source_doc(src, counters) for src in p.sources],
@@ -264,9 +271,67 @@ def status_document() -> dict[str, Any]:
     }
 
 
+# -- one view over N worker processes (node.processes) ----------------------------------------------
+
+SIBLING_TIMEOUT = 1.0  # seconds a sibling has to answer /status; one that does not is listed as down
+
+
+def process_summary(doc: dict[str, Any], index: int, web_port: int) -> dict[str, Any]:
+    """One process's line in process 0's ``processes`` list, from its /status document."""
+    if doc.get("state") not in ("running", "stopping"):
+        return {"index": index, "web_port": web_port, "state": doc.get("state", "down"), "ready": False}
+    sink = doc.get("sink", {})
+    return {"index": index, "pid": doc.get("process", {}).get("pid"), "web_port": web_port,
+            "state": doc["state"], "ready": bool(doc.get("ready")),
+            "events_taken": doc["counters"]["received"],
+            "buffered_events": doc["buffer"]["events"], "buffered_bytes": doc["buffer"]["bytes"],
+            "kafka": sink.get("state"), "live": doc.get("live"),
+            "connections": doc.get("source", {}).get("connections", 0)}
+
+
+def process_totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Sums over the processes that answered."""
+    up = [r for r in rows if "events_taken" in r]
+    return {"processes": len(rows), "answering": len(up), "ready": sum(1 for r in up if r["ready"]),
+            "events_taken": sum(r["events_taken"] for r in up),
+            "buffered_events": sum(r["buffered_events"] for r in up),
+            "buffered_bytes": sum(r["buffered_bytes"] for r in up)}
+
+
+async def sibling_status(session: aiohttp.ClientSession, host: str, port: int) -> dict[str, Any]:
+    """A sibling's /status, or ``{"state": "down", "error": ...}``: never raises."""
+    try:
+        async with session.get(f"http://{host}:{port}/status") as resp:
+            doc: dict[str, Any] = await resp.json(content_type=None)
+            return doc
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        return {"state": "down", "error": f"{type(exc).__name__}: {exc}".rstrip(": ")}
+
+
+async def with_processes(doc: dict[str, Any]) -> dict[str, Any]:
+    """Process 0 of several: ``doc`` plus ``processes`` (each sibling's summary, fetched over
+    loopback with a short timeout) and ``processes_total``."""
+    p = topo.node
+    place, w = p.settings.process, p.settings.web
+    if place.count <= 1 or place.index != 0 or not w.port or "counters" not in doc:
+        return doc
+    host = "127.0.0.1" if w.host in ("0.0.0.0", "", "localhost") else ("::1" if w.host == "::" else w.host)
+    ports = [w.port + i for i in range(1, place.count)]
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=SIBLING_TIMEOUT)) as session:
+        docs = await asyncio.gather(*(sibling_status(session, host, port) for port in ports))
+    rows = [process_summary(doc, 0, w.port)]
+    for i, (port, sibling) in enumerate(zip(ports, docs, strict=True), start=1):
+        row = process_summary(sibling, i, port)
+        if "error" in sibling:
+            row["error"] = sibling["error"]
+        rows.append(row)
+    return {**doc, "processes": rows, "processes_total": process_totals(rows)}
+
+
 @app.page("/status")
 async def status(self: web.View, request: web.Request) -> web.Response:
-    return self.json(status_document(), headers=dict(NO_CACHE))
+    """This process's status; on process 0 of several, with every process's summary (``processes``)."""
+    return self.json(await with_processes(status_document()), headers=dict(NO_CACHE))
 
 
 @app.page("/status/history")

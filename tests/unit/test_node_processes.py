@@ -1,0 +1,67 @@
+"""The pure parts of ``--processes N``: the command line, each process's settings, leftover
+directories, the buffer directory lock."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agents.disk_buffer import DiskBuffer
+from core.errors import BufferError, ConfigError
+from core.settings import DEFAULT_CONFIG, load_settings
+from topology.processes import ProcessesError, leftover_directories, split_processes
+
+
+def test_processes_flag_is_taken_out_of_the_worker_arguments() -> None:
+    assert split_processes(["--datadir", "d", "worker", "--processes", "3", "-l", "info"]) == (
+        3, ["--datadir", "d", "worker", "-l", "info"])
+    assert split_processes(["worker", "--processes=2"]) == (2, ["worker"])
+    assert split_processes(["--datadir", "worker", "worker"]) == (None, ["--datadir", "worker", "worker"])
+    assert split_processes(["check-config"]) is None
+    with pytest.raises(ProcessesError, match="at least 1"):
+        split_processes(["worker", "--processes", "0"])
+    with pytest.raises(ProcessesError, match="whole number"):
+        split_processes(["worker", "--processes", "two"])
+
+
+def test_each_process_gets_its_web_port_directories_and_a_shared_source_port() -> None:
+    env = {"SPILLWAY_BUFFER_DIRECTORY": "/b", "SPILLWAY_DRAIN_ARCHIVE_DIRECTORY": "/a", "SPILLWAY_WEB_PORT": "7000"}
+    one = load_settings(DEFAULT_CONFIG, env=env)
+    assert (one.buffer.directory, one.web.port, one.source.thrift.reuse_port) == (Path("/b"), 7000, False)
+    first = load_settings(DEFAULT_CONFIG, env={**env, "SPILLWAY_PROCESS_INDEX": "0", "SPILLWAY_PROCESS_COUNT": "3"})
+    assert (first.buffer.directory, first.drain.archive_directory, first.web.port) == (Path("/b"), Path("/a"), 7000)
+    third = load_settings(DEFAULT_CONFIG, env={**env, "SPILLWAY_PROCESS_INDEX": "2", "SPILLWAY_PROCESS_COUNT": "3"})
+    assert third.buffer.directory == Path("/b/process-2")
+    assert third.drain.archive_directory == Path("/a/process-2")
+    assert third.web.port == 7002
+    assert third.source.thrift.reuse_port and third.source.avro.reuse_port and third.source.http.reuse_port
+    assert third.source.thrift.port == one.source.thrift.port
+    assert load_settings(DEFAULT_CONFIG, env={"SPILLWAY_NODE_PROCESSES": "4"}).node.processes == 4
+    with pytest.raises(ConfigError, match="SPILLWAY_PROCESS_INDEX"):
+        load_settings(DEFAULT_CONFIG, env={"SPILLWAY_PROCESS_INDEX": "3", "SPILLWAY_PROCESS_COUNT": "2"})
+    with pytest.raises(ConfigError, match="node.processes"):
+        load_settings(DEFAULT_CONFIG, env={"SPILLWAY_NODE_PROCESSES": "0"})
+
+
+def test_only_directories_of_higher_processes_with_segments_are_left_over(tmp_path: Path) -> None:
+    for k in (1, 2, 3):
+        (tmp_path / f"process-{k}").mkdir()
+    (tmp_path / "process-1" / "00000000000000000001.seg").write_bytes(b"x")
+    (tmp_path / "process-3" / "00000000000000000001.seg").write_bytes(b"x")
+    (tmp_path / "process-2" / "quarantine").mkdir()  # no segment: nothing to drain
+    assert leftover_directories(tmp_path, 1) == {1: tmp_path / "process-1", 3: tmp_path / "process-3"}
+    assert leftover_directories(tmp_path, 2) == {3: tmp_path / "process-3"}
+    assert leftover_directories(tmp_path / "missing", 1) == {}
+
+
+@pytest.mark.asyncio
+async def test_a_second_buffer_on_one_directory_is_refused_until_the_first_stops(tmp_path: Path) -> None:
+    first = DiskBuffer(tmp_path, max_bytes=2**20)
+    await first.start()
+    second = DiskBuffer(tmp_path, max_bytes=2**20)
+    with pytest.raises(BufferError, match=rf"{tmp_path} is in use by another worker \(pid \d+\)"):
+        await second.start()
+    await first.stop()
+    await second.start()  # released at stop
+    await second.stop()
