@@ -307,7 +307,7 @@ class DrainSettings:
     window: int = 8
     #: with live calls flowing, the drain sends about this many events per live event (one
     #: chunk at a time); 0: no sharing, the drain runs as if there were no live traffic
-    live_share: float = 1.0
+    live_share: float = 1.5
     timeout: Duration = Duration(30.0)
     #: the drain sends through producers of its own (one more connection per cluster): live
     #: calls never wait in the drain's requests or behind its batches; false: it shares the live ones
