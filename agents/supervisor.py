@@ -133,6 +133,7 @@ class Supervisor:
         self.spill: Channel | None = None
         self._index = {sink.name: i for i, sink in enumerate(self.sinks)}
         self._throttled = Throttled(logger)
+        #: events handed to the disk buffer since the primary last came back (or since start)
         self._spilled_during_outage = 0
         for sink in self.sinks:
             metrics.kafka_up.labels(sink=sink.name).set(1)
@@ -171,8 +172,7 @@ class Supervisor:
         i = self.live(after)
         if i is None:
             assert self.spill is not None, "Supervisor.connect() was not called"
-            if after >= 0:
-                self._spilled_during_outage += len(batch.records)
+            self._spilled_during_outage += len(batch.records)
             await self.spill.send(value=batch)
         else:
             await self.channels[i].send(value=batch)
@@ -193,7 +193,6 @@ class Supervisor:
             self._set_sink_up()
             nxt = self.live()
             where = "the disk buffer" if nxt is None else f"Kafka sink {self.sinks[nxt].name!r}"
-            self._spilled_during_outage = 0
             logger.error("Kafka %r is DOWN (%s): live events go to %s; next probe in %.1fs",
                          outcome.sink, outcome.error, where, failover.current_penalty(now))
 
@@ -217,6 +216,8 @@ class Supervisor:
             logger.warning("Kafka %r is BACK after %.1fs: it takes live events again%s", sink.name,
                            now - parked_since, "" if i else f"; {self._spilled_during_outage} events were "
                            "buffered to disk meanwhile")
+            if i == 0:
+                self._spilled_during_outage = 0  # counted from here to the next recovery
         else:
             self._throttled.log(logging.WARNING, f"probe:{sink.name}", "Kafka %r still down after %.0fs (probe "
                                 "%d failed); next probe in %.1fs", sink.name, now - parked_since,

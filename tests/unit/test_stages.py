@@ -138,6 +138,22 @@ async def test_every_cluster_down_sends_calls_to_disk_and_the_primary_takes_them
 
 
 @pytest.mark.asyncio
+async def test_the_primarys_return_is_logged_with_the_events_the_disk_took_meanwhile(
+        node: Any, caplog: pytest.LogCaptureFixture) -> None:
+    n = await node(1)
+    n.sinks[0].down = True
+    assert await n.call("a") == Status.OK  # fails in Kafka, goes on to the disk: the outage begins
+    assert await n.call("b", "c") == Status.OK  # straight to the disk while Kafka is parked
+    n.sinks[0].down = False
+    n.supervisor.failovers[0].parked_until = 0.0
+    with caplog.at_level("WARNING", logger="agents.supervisor"):
+        await n.supervisor.tick()
+    back = [r.getMessage() for r in caplog.records if "is BACK" in r.getMessage()]
+    assert len(back) == 1 and f"; {int(n.acked('disk'))} events were buffered to disk meanwhile" in back[0]
+    assert n.acked("disk") == 3
+
+
+@pytest.mark.asyncio
 async def test_a_topic_kafka_refuses_answers_error_and_parks_nobody(node: Any) -> None:
     n = await node(2)
     n.sinks[0].refuse = {"bad"}
