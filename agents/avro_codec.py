@@ -46,7 +46,7 @@ from typing import Any, Final, Literal, Protocol
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
 from agents.records import Event
-from agents.thrift_codec import LimitError, Status
+from agents.thrift_codec import LimitError, Status, over_limit
 from core.errors import FrameError
 
 __all__ = ["PROTOCOL_MD5", "PROTOCOL_TEXT", "AvroLimits", "FrameError", "LimitError", "Request", "Session",
@@ -278,20 +278,6 @@ def _event(e: Mapping[str, Any]) -> Event:
     return ([(_name(k), v.encode("utf-8", "surrogateescape")) for k, v in e["headers"].items()], e["body"])
 
 
-def _over_limit(event: Event, s: AvroLimits) -> LimitError | None:
-    headers, body = event
-    if len(headers) > s.max_headers:
-        return LimitError("too_many_headers", f"{len(headers)} headers (max {s.max_headers})")
-    header_bytes = 0
-    for k, v in headers:
-        header_bytes += len(k) + len(v)
-    if header_bytes > s.max_header_bytes:
-        return LimitError("headers_too_large", f"{header_bytes} header bytes (max {s.max_header_bytes})")
-    if header_bytes + len(body) > s.max_event_bytes:
-        return LimitError("event_too_large", f"event of {header_bytes + len(body)} bytes (max {s.max_event_bytes})")
-    return None
-
-
 def _first_block_count(data: bytes, pos: int) -> int:
     """The item count of the array block at ``pos`` (a zigzag varint; negative: a sized block)."""
     result = shift = 0
@@ -351,7 +337,7 @@ def _decode(payload: bytes, session: Session, limits: AvroLimits) -> Request:
     events = [_event(e) for e in raw]
     refused: LimitError | None = None
     for ev in events:
-        refused = _over_limit(ev, limits)
+        refused = over_limit(ev, limits)
         if refused is not None:
             break
     return Request("call", prefix, method, events, refused, len(events))

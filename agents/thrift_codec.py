@@ -32,7 +32,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 
 import thriftpy2
 from thriftpy2.protocol.binary import TBinaryProtocol
@@ -102,7 +102,7 @@ def _events(read_event: _ReadEvent, data: bytes, pos: int, n: int,
 
     An event takes at least as many bytes on the wire as its headers and body count, so one
     that takes no more than the smaller byte limit is within both; any other, or one with
-    too many headers, is judged exactly by :func:`_over_limit`.
+    too many headers, is judged exactly by :func:`over_limit`.
     """
     refused: LimitError | None = None
     if n > min(s.max_batch_events, s.max_inflight_events_per_connection):
@@ -115,12 +115,24 @@ def _events(read_event: _ReadEvent, data: bytes, pos: int, n: int,
         start = pos
         event, pos = read_event(data, pos)
         if (pos - start > within or len(event[0]) > max_headers) and refused is None:
-            refused = _over_limit(event, s)
+            refused = over_limit(event, s)
         append(event)
     return events, refused, pos
 
 
-def _over_limit(event: Event, s: ThriftSettings) -> LimitError | None:
+class EventLimits(Protocol):
+    """The per-event limits every source checks (``[source.thrift]``, ``[source.avro]``)."""
+
+    @property
+    def max_headers(self) -> int: ...
+    @property
+    def max_header_bytes(self) -> int: ...
+    @property
+    def max_event_bytes(self) -> int: ...
+
+
+def over_limit(event: Event, s: EventLimits) -> LimitError | None:
+    """Why one decoded event is over the source's limits, or None."""
     headers, body = event
     if len(headers) > s.max_headers:
         return LimitError("too_many_headers", f"{len(headers)} headers (max {s.max_headers})")
