@@ -9,23 +9,23 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
-from core.settings import TOPIC_RE
+from core.settings import TOPIC_RE, ProducerSettings
 from topology.flume_toml import PropertyReader, Table, flume_bool, keystore_commands, pem_paths, suggest
 
-#: kafka.producer.<Java name> -> [kafka.producer] key (issue 10's table), parse
+
+def _word(value: str) -> str:
+    return value.strip().lower()
+
+
+#: Java's name of a [kafka.producer] key where it is not the key with "." for "_"
+_JAVA_NAMES: Mapping[str, str] = {"max_batch_size": "batch.size"}
+#: kafka.producer.<Java name> -> [kafka.producer] key (issue 10's table), parse: from the settings themselves
 _PRODUCER_KEYS: Mapping[str, tuple[str, Callable[[str], Any]]] = {
-    "compression.type": ("compression_type", lambda v: v.strip().lower()),
-    "linger.ms": ("linger_ms", int),
-    "batch.size": ("max_batch_size", int),
-    "max.request.size": ("max_request_size", int),
-    "request.timeout.ms": ("request_timeout_ms", int),
-    "metadata.max.age.ms": ("metadata_max_age_ms", int),
-    "retry.backoff.ms": ("retry_backoff_ms", int),
-    "connections.max.idle.ms": ("connections_max_idle_ms", int),
-}
+    _JAVA_NAMES.get(f.name, f.name.replace("_", ".")): (f.name, int if f.type in ("int", "Size") else _word)
+    for f in fields(ProducerSettings)}
 #: producer keys that need nothing here, and why
 _PRODUCER_NEEDLESS: Mapping[str, str] = {
     "key.serializer": "spillway sends the key header's bytes as the record key",
