@@ -511,6 +511,8 @@ class KafkaSink:
         remaining = max(0.0, deadline - loop.time())
         _, pending = await asyncio.wait(unique, timeout=remaining,
                                         return_when=asyncio.FIRST_EXCEPTION if whole else asyncio.ALL_COMPLETED)
+        if not pending and all(not f.cancelled() and f.exception() is None and f.result() is None for f in unique):
+            return delivery  # every batch acknowledged whole: nothing to say record by record
         for rec, (fut, index) in zip(sent, futures, strict=True):
             if fut in pending:
                 delivery.unacked.append(rec)
