@@ -447,7 +447,19 @@ def _scan(path: Path) -> tuple[SegmentScan, list[tuple[int, int]]]:
                 ranges.append((start, length))
 
         while True:
-            status, payload = _probe(w, off, size)
+            rel = off - w._base
+            if 0 <= rel < len(w._buf):  # a run of clean frames in the window, in one tight loop
+                recs: list[Record] = []
+                pos, _ = _decode_run(w._buf, rel, size, recs)
+                if recs:
+                    add(spans, off, pos - rel)
+                    events += len(recs)
+                    for rec in recs:
+                        per_topic[rec.topic] = per_topic.get(rec.topic, 0) + 1
+                    first_ts = recs[0].timestamp_ms if first_ts is None else first_ts
+                    last_ts = recs[-1].timestamp_ms
+                    off = w._base + pos
+            status, payload = _probe(w, off, size)  # the frame the run stopped at, with every check
             if status == _END:
                 break
             if status == _OK:

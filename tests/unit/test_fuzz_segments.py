@@ -260,6 +260,21 @@ def test_chunked_reading_of_any_segment_file_yields_what_reading_record_by_recor
 
 @given(data=st.data())
 @settings(max_examples=max(30, EXAMPLES // 2))
+def test_scanning_with_the_fast_runs_says_what_scanning_frame_by_frame_says(
+        workdir: Path, data: st.DataObject) -> None:
+    content = data.draw(segment_files())
+    path = _fresh(workdir) / "s.seg"
+    path.write_bytes(content)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(segments, "CHUNK_BYTES", data.draw(st.sampled_from([11, 64, 1024 * 1024])))
+        fast = segments._scan(path)
+        m.setattr(segments, "_decode_run", lambda buf, pos, n, out: (pos, segments._RUN_ODD))
+        careful = segments._scan(path)
+    assert fast == careful
+
+
+@given(data=st.data())
+@settings(max_examples=max(30, EXAMPLES // 2))
 def test_recovery_of_any_segment_file_leaves_one_that_reads_clean(workdir: Path, data: st.DataObject) -> None:
     content = data.draw(segment_files())
     d = _fresh(workdir)
