@@ -29,7 +29,8 @@ from faust.app.base import BootStrategy
 
 from agents.supervisor import Outcome
 from core.errors import ConfigError
-from core.settings import Settings, load_settings
+from core.loading import load_settings
+from core.settings import Settings
 from topology.pipeline import Pipeline
 
 logger = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ One Python process decodes Thrift and feeds the sink on one core. With ``--proce
 (or ``[node] processes``; the flag wins) this small parent, which imports neither Faust nor
 the stages, starts N children, each a plain ``spillway worker`` with the same arguments,
 told its place by ``SPILLWAY_PROCESS_INDEX`` and ``SPILLWAY_PROCESS_COUNT``. The settings
-loader (:func:`core.settings.for_process`) gives child i:
+loader (:func:`core.loading.for_process`) gives child i:
 
 - every source port shared with the others (SO_REUSEPORT: the kernel spreads connections);
 - web port ``web.port + i`` (/ready and /metrics per process; /status on process 0 lists all);
@@ -40,7 +40,8 @@ from types import FrameType
 from typing import Final
 
 from core.errors import ConfigError
-from core.settings import Settings, load_settings
+from core.loading import load_settings
+from core.settings import Settings
 
 logger = logging.getLogger("spillway.processes")
 

@@ -24,7 +24,7 @@ from thriftpy2.transport import TFramedTransportFactory
 
 from agents.thrift_source import server_ssl_context
 from core.errors import ConfigError
-from core.settings import load_settings
+from core.loading import load_settings
 from devtools.kafka import Broker
 
 pytestmark = pytest.mark.kafka

@@ -1,5 +1,5 @@
 """The environment: every ``SPILLWAY_*`` variable is a setting, one of the project's own
-variables (:data:`~core.settings.NOT_SETTINGS`), or refused at start naming it and the
+variables (:data:`~core.loading.NOT_SETTINGS`), or refused at start naming it and the
 nearest key; a misspelt variable never runs silently against the defaults."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from core.errors import ConfigError
-from core.settings import NOT_SETTINGS, Settings, load_settings
+from core.loading import NOT_SETTINGS, load_settings
+from core.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 

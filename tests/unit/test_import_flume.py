@@ -13,7 +13,8 @@ from typing import Any, cast
 
 import pytest
 
-from core.settings import KafkaSettings, Settings, load_settings
+from core.loading import load_settings
+from core.settings import KafkaSettings, Settings
 from topology.flume_import import FlumeImportError, SeveralAgents, convert, parse_properties
 
 ROOT = Path(__file__).resolve().parents[2]

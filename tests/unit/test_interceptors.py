@@ -15,6 +15,7 @@ from agents.interceptors import Chain, build, machine_address, machine_name, uui
 from agents.router import Event, Router
 from agents.thrift_source import Status
 from core.errors import ConfigError
+from core.loading import load_settings
 from core.settings import (
     BufferSettings,
     HostInterceptorSettings,
@@ -26,7 +27,6 @@ from core.settings import (
     StaticInterceptorSettings,
     TimestampInterceptorSettings,
     UUIDInterceptorSettings,
-    load_settings,
 )
 from topology.pipeline import Envelope, Pipeline
 

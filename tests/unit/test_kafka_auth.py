@@ -12,7 +12,8 @@ from aiokafka import errors as kafka_errors
 
 from agents.kafka_auth import cause_of, kafka_auth, sasl_password
 from core.errors import ConfigError
-from core.settings import KafkaSettings, Secret, Settings, load_settings
+from core.loading import load_settings
+from core.settings import KafkaSettings, Secret, Settings
 from devtools.kafka import Certificates, make_certificates
 
 PASSWORD = "s3cr3t-Pa55"

@@ -9,7 +9,8 @@ import pytest
 
 from agents.disk_buffer import DiskBuffer
 from core.errors import BufferError, ConfigError
-from core.settings import DEFAULT_CONFIG, load_settings
+from core.loading import load_settings
+from core.settings import DEFAULT_CONFIG
 from topology.processes import ProcessesError, leftover_directories, split_processes
 
 

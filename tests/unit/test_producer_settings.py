@@ -10,7 +10,8 @@ import pytest
 
 from agents.kafka_sink import KafkaSink
 from core.errors import ConfigError
-from core.settings import DEFAULT_CONFIG, KafkaSettings, ProducerSettings, Settings, Size, load_settings
+from core.loading import load_settings
+from core.settings import DEFAULT_CONFIG, KafkaSettings, ProducerSettings, Settings, Size
 
 
 def load(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> Settings:

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from core.errors import ConfigError
-from core.settings import DEFAULT_CONFIG, Settings, load_settings, parse_duration, parse_size
+from core.loading import load_settings, parse_duration, parse_size
+from core.settings import DEFAULT_CONFIG, Settings
 
 
 def write(tmp_path: Path, text: str) -> Path:

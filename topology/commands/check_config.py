@@ -1,6 +1,6 @@
 """``spillway check-config [PATH]``: validate a configuration file, print the effective settings.
 
-Loads the file itself with :func:`~core.settings.load_settings` (environment
+Loads the file itself with :func:`~core.loading.load_settings` (environment
 overrides included), so it works even when the configuration the app loaded at
 import is invalid.
 """
@@ -13,7 +13,7 @@ import click
 from faust.cli import argument, option
 
 from core.errors import ConfigError
-from core.settings import config_path, load_settings
+from core.loading import config_path, load_settings
 from topology.app import app
 from topology.commands.base import SpillwayCommand
 from topology.commands.core import EXIT_OK, CommandError, dumps, toml_value
