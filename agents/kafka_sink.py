@@ -39,6 +39,10 @@ from core.settings import KafkaSettings
 
 logger = logging.getLogger(__name__)
 
+#: Where some records of one call went: their batch's future, the index in that batch of
+#: the first of them, and those records (contiguous in the batch, in call order).
+Part = tuple["asyncio.Future[Any]", int, list[Record]]
+
 #: Errors retrying cannot fix, with their metric label. Anything else counts as
 #: retriable (Kafka is parked, the events wait on disk): an unknown error never refuses.
 PERMANENT: dict[type[BaseException], str] = {
@@ -88,9 +92,10 @@ class _Lane:
         self.queue: deque[tuple[Any, asyncio.Future[Any], list[Record]]] = deque()
         self.task: asyncio.Task[None] | None = None
 
-    def add(self, records: list[Record], out: list[tuple[asyncio.Future[Any], int]]) -> None:
-        """Append records to the open batch (opening more as they fill); each record's
-        ``(batch future, index in its batch)`` goes to ``out``.
+    def add(self, records: list[Record], out: list[Part]) -> None:
+        """Append records to the open batch (opening more as they fill); for each batch they
+        went into, ``(its future, the index in it of the first of them, those records)`` goes
+        to ``out``.
 
         Records go straight into aiokafka's record-batch builder (its C builder, positional
         arguments; the offset is the record's index in the batch), past the BatchBuilder
@@ -98,21 +103,32 @@ class _Lane:
         """
         batch, fut, recs = self.open, self.open_fut, self.open_recs
         builder = batch._builder if batch is not None else None
+        offset = len(recs)  # the next record's index in the open batch
+        start = i = 0  # where in ``records`` the open batch's part begins; the next record
         for rec in records:
             headers = rec.headers if rec.headers.__class__ is list else list(rec.headers)
-            if builder is None or builder.append(len(recs), rec.timestamp_ms, rec.key, rec.value, headers) is None:
+            if builder is None or builder.append(offset, rec.timestamp_ms, rec.key, rec.value, headers) is None:
                 if batch is not None:  # full: close it, open another
                     assert fut is not None
+                    if i > start:
+                        part = records[start:i]
+                        out.append((fut, offset - len(part), part))
+                        recs.extend(part)
                     batch._relative_offset = len(recs)
                     batch.close()
                     self.queue.append((batch, fut, recs))
                 batch = self.sink.producers[self.producer].create_batch()
                 builder = batch._builder
-                fut, recs = asyncio.get_running_loop().create_future(), []
+                fut, recs, offset, start = asyncio.get_running_loop().create_future(), [], 0, i
                 if builder.append(0, rec.timestamp_ms, rec.key, rec.value, headers) is None:  # pragma: no cover
                     raise SinkError(f"record of {rec.size} bytes does not fit a Kafka batch")  # limits prevent this
-            out.append((fut, len(recs)))  # type: ignore[arg-type]
-            recs.append(rec)
+            offset += 1
+            i += 1
+        if i > start:
+            assert fut is not None
+            part = records if start == 0 else records[start:]
+            out.append((fut, offset - len(part), part))
+            recs.extend(part)
         if batch is not None:
             batch._relative_offset = len(recs)
         self.open, self.open_fut, self.open_recs = batch, fut, recs
@@ -250,6 +266,16 @@ class _Lane:
             fut.set_result(tuple(errors))
 
 
+def _tell(delivery: Delivery, rec: Record, err: BaseException) -> None:
+    """Adds one record Kafka did not take to ``delivery``: refused for good, or unacknowledged."""
+    if isinstance(err, SinkRefused):
+        delivery.refused.append((rec, err))
+    else:
+        delivery.unacked.append(rec)
+        if delivery.error is None:
+            delivery.error = repr(err)
+
+
 def _fail(fut: asyncio.Future[Any], exc: BaseException) -> None:
     if not fut.done():
         fut.set_exception(translate(exc))
@@ -272,7 +298,7 @@ class KafkaSink:
         self.tasks: set[asyncio.Task[Any]] = set()
         self.producers_built = 0
         self._lanes: dict[tuple[str, int], _Lane] = {}
-        self._key_partition: dict[tuple[str, bytes], int] = {}
+        self._key_partitions: dict[str, dict[bytes, int]] = {}  # topic -> key -> partition
         self._refused_topics: dict[str, tuple[float, SinkRefused]] = {}
         self.generations: list[int] = []  # per producer slot: bumped each time it is replaced
         self._boot_lock = asyncio.Lock()
@@ -425,69 +451,68 @@ class KafkaSink:
             parts = await self.producer.partitions_for(topic)
         return sorted(parts)
 
-    def _partition_of_key(self, topic: str, key: bytes, parts: list[int]) -> int:
-        cache = self._key_partition
-        p = cache.get((topic, key))
-        if p is None:
-            if len(cache) > 200_000:
-                cache.clear()
-            p = cache[(topic, key)] = parts[(murmur2(key) & 0x7FFFFFFF) % len(parts)]
-        return p
-
     async def submit(self, records: Sequence[Record], whole: bool = False
-                     ) -> tuple[list[Record], list[tuple[asyncio.Future[Any], int]], list[tuple[Record, SinkRefused]]]:
-        """Put records into batches.
+                     ) -> tuple[list[Part], list[tuple[Record, SinkRefused]]]:
+        """Put records into batches, grouped by topic-partition.
 
-        Returns the records sent, for each of them ``(future of its batch, index in the
-        batch)`` (the future resolves to None, or after a split to each record's error), and
-        the records of topics Kafka refuses for good. With ``whole``, a refused topic sends
-        nothing at all. Raises SinkError when metadata cannot be had. All awaiting happens
-        before the first record is added, so a cancelled submit adds nothing.
+        Returns the parts of batches they went into (:data:`Part`: a batch's future, which
+        resolves to None, or after a split to each of its records' error; the index in the
+        batch of the part's first record; the part's records) and the records of topics
+        Kafka refuses for good. With ``whole``, a refused topic sends nothing at all. Raises
+        SinkError when metadata cannot be had. All awaiting happens before the first record
+        is added, so a cancelled submit adds nothing.
         """
-        partitions: dict[str, list[int]] = {}
+        # topic -> (its groups by partition, its key -> partition cache, its partitions, sticky partition)
+        topics: dict[str, tuple[dict[int, list[Record]], dict[bytes, int], list[int], int]] = {}
         refused_topics: dict[str, SinkRefused] = {}
+        key_partitions = self._key_partitions
         for rec in records:
             topic = rec.topic
-            if topic not in partitions and topic not in refused_topics:
+            state = topics.get(topic)
+            if state is None:
+                if topic in refused_topics:
+                    continue
                 try:
-                    partitions[topic] = await self._partitions(topic)
+                    parts = await self._partitions(topic)
                 except SinkRefused as exc:
                     refused_topics[topic] = exc
                     if whole:
                         break
+                    continue
                 except (KafkaError, OSError) as exc:
                     raise translate(exc) from exc
+                keyed = key_partitions.get(topic)
+                if keyed is None or len(keyed) > 100_000:  # bounded, however many keys or topics
+                    if len(key_partitions) > 10_000:
+                        key_partitions.clear()
+                    keyed = key_partitions[topic] = {}
+                state = topics[topic] = ({}, keyed, parts, parts[random.randrange(len(parts))])
+            groups, keyed, parts, partition = state
+            key = rec.key
+            if key is not None:
+                partition = keyed.get(key, -1)
+                if partition < 0:
+                    partition = keyed[key] = parts[(murmur2(key) & 0x7FFFFFFF) % len(parts)]
+            group = groups.get(partition)
+            if group is None:
+                groups[partition] = [rec]
+            else:
+                group.append(rec)
         refused: list[tuple[Record, SinkRefused]] = []
         if refused_topics:
             refused = [(rec, refused_topics[rec.topic]) for rec in records if rec.topic in refused_topics]
             if whole:
-                return [], [], refused
-            records = [rec for rec in records if rec.topic not in refused_topics]
-        sticky = {topic: parts[random.randrange(len(parts))] for topic, parts in partitions.items()}
-        groups: dict[tuple[str, int], list[Record]] = {}
-        lane_of: list[tuple[str, int]] = []
-        for rec in records:
-            topic = rec.topic
-            if rec.key is None:
-                tp = (topic, sticky[topic])
-            else:
-                tp = (topic, self._partition_of_key(topic, rec.key, partitions[topic]))
-            group = groups.get(tp)
-            if group is None:
-                group = groups[tp] = []
-            group.append(rec)
-            lane_of.append(tp)
+                return [], refused
         lanes = self._lanes
-        futures_of: dict[tuple[str, int], list[tuple[asyncio.Future[Any], int]]] = {}
-        for tp, group in groups.items():
-            lane = lanes.get(tp)
-            if lane is None:
-                lane = lanes[tp] = _Lane(self, tp[0], tp[1], hash(tp) % len(self.producers))
-            futs: list[tuple[asyncio.Future[Any], int]] = []
-            lane.add(group, futs)
-            futs.reverse()
-            futures_of[tp] = futs
-        return list(records), [futures_of[tp].pop() for tp in lane_of], refused
+        out: list[Part] = []
+        for topic, (groups, _, _, _) in topics.items():
+            for partition, group in groups.items():
+                lane = lanes.get((topic, partition))
+                if lane is None:
+                    tp = (topic, partition)
+                    lane = lanes[tp] = _Lane(self, topic, partition, hash(tp) % len(self.producers))
+                lane.add(group, out)
+        return out, refused
 
     async def send_within(self, records: Sequence[Record],
                           timeout: float, *, whole: bool = False) -> Delivery:  # noqa: ASYNC109
@@ -501,41 +526,41 @@ class KafkaSink:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         try:
-            sent, futures, refused = await asyncio.wait_for(self.submit(records, whole), timeout)
+            async with asyncio.timeout(timeout):  # no task of its own, unlike wait_for
+                parts, refused = await self.submit(records, whole)
         except (SinkError, TimeoutError) as exc:
             return Delivery(list(records), repr(exc) if str(exc) else f"no metadata within {timeout:g}s")
         delivery = Delivery(refused=refused)
-        if not futures:
+        if not parts:
             return delivery
-        unique = {fut for fut, _ in futures}
+        unique = {fut for fut, _, _ in parts}
         remaining = max(0.0, deadline - loop.time())
         _, pending = await asyncio.wait(unique, timeout=remaining,
                                         return_when=asyncio.FIRST_EXCEPTION if whole else asyncio.ALL_COMPLETED)
         if not pending and all(not f.cancelled() and f.exception() is None and f.result() is None for f in unique):
             return delivery  # every batch acknowledged whole: nothing to say record by record
-        for rec, (fut, index) in zip(sent, futures, strict=True):
+        for fut, first, part in parts:
             if fut in pending:
-                delivery.unacked.append(rec)
+                delivery.unacked.extend(part)
                 continue
             err = fut.exception()
-            if err is None:
-                outcome = fut.result()
-                if outcome is None or (err := outcome[index]) is None:
-                    continue
-            if isinstance(err, SinkRefused):
-                delivery.refused.append((rec, err))
-            else:
-                delivery.unacked.append(rec)
-                if delivery.error is None:
-                    delivery.error = repr(err)
+            if err is not None:
+                for rec in part:
+                    _tell(delivery, rec, err)
+                continue
+            outcome = fut.result()  # None, or each record's error after a split
+            if outcome is not None:
+                for index, rec in enumerate(part, first):
+                    if (err := outcome[index]) is not None:
+                        _tell(delivery, rec, err)
         if pending:
             if delivery.error is None:
                 delivery.error = f"no ack within {timeout:g}s"
             if self.on_late_ack is not None:
                 counts: dict[asyncio.Future[Any], int] = {}
-                for fut, _ in futures:
+                for fut, _, part in parts:
                     if fut in pending:
-                        counts[fut] = counts.get(fut, 0) + 1
+                        counts[fut] = counts.get(fut, 0) + len(part)
                 for fut, n in counts.items():
                     fut.add_done_callback(lambda f, n=n: self._late(f, n))  # type: ignore[misc]
         return delivery
