@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from core.errors import SinkRefused
+from core.errors import LimitError, SinkRefused
 
 #: a list (not a tuple): aiokafka's record batch builder takes exactly a list
 Headers = list[tuple[str, bytes]] | tuple[tuple[str, bytes], ...]
@@ -85,3 +85,13 @@ class Batch:
         """This call with only ``records`` left to make durable, ``acked`` more durable in ``sink``."""
         durable = self.durable + ((sink, acked),) if acked else self.durable
         return Batch(records, self.reply, self.total, durable)
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One decoded call; ``refused`` is the first limit its events break (answer ERROR)."""
+
+    name: str
+    seqid: int
+    events: list[Event]
+    refused: LimitError | None = None

@@ -4,7 +4,7 @@ Framed transport (a 4-byte big-endian length, then one Thrift message), compact
 protocol by default, binary by setting; ``append`` and ``appendBatch`` answer a
 ``Status``. Each frame is read whole, then decoded in memory by a strict decoder
 written for Flume's two calls (:mod:`agents.thrift_codec`), which checks the limits
-below as it goes; replies are encoded by thriftpy2.
+below as it goes (compiled by mypyc where the install could).
 
 Bad input never takes the server down: a length prefix over the cap is refused
 before anything is allocated, a frame that does not decode closes that connection
@@ -31,6 +31,7 @@ from agents.source_base import (  # noqa: F401 - re-exported for callers
 from agents.source_base import Hangup as _Hangup
 from agents.thrift_codec import (  # noqa: F401 - the codec's names, re-exported for callers
     _SERVICE,
+    COMPILED,
     Call,
     Codec,
     LimitError,
@@ -56,7 +57,8 @@ class ThriftSource(StreamSource):
         self.codec = Codec(settings.protocol, settings)
 
     def describe(self) -> str:
-        return f"{self.settings.protocol} protocol, {super().describe()}"
+        decoder = "compiled decoder" if COMPILED else "plain Python decoder"
+        return f"{self.settings.protocol} protocol, {decoder}, {super().describe()}"
 
     async def _read_frame(self, reader: asyncio.StreamReader) -> bytes:
         """The next frame: ``idle_timeout`` to its first byte, then ``frame_timeout`` to its last."""

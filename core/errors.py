@@ -39,6 +39,14 @@ class FrameError(SourceError):
     pass
 
 
+class LimitError(SourceError):
+    """A call over one of the source's limits; ``reason`` labels the refusal metric."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class RoutingError(SpillwayError):
     def __init__(self, message: str, *, topic: str | None = None) -> None:
         super().__init__(message)

@@ -350,6 +350,7 @@ NOT_SETTINGS: frozenset[str] = frozenset({
     "SPILLWAY_CONFIG",                # the configuration file
     "SPILLWAY_KAFKA_CACHE",           # devtools: where Kafka's and Flume's jars are kept
     "SPILLWAY_KAFKA_FAST_JIT",        # devtools: a test broker that starts faster
+    "SPILLWAY_PURE_PYTHON",           # the Thrift decoder in plain Python, not mypyc's build (setup.py)
     "SPILLWAY_CHAOS_ROUNDS", "SPILLWAY_CHAOS_SEED", "SPILLWAY_CHAOS_FAULTS", "SPILLWAY_CHAOS_RECORD",  # tests
     "SPILLWAY_FUZZ_FRAMES", "SPILLWAY_FUZZ_CONNECTIONS", "SPILLWAY_FUZZ_PROTOCOL", "SPILLWAY_FUZZ_SEED",
     "SPILLWAY_HYPOTHESIS_PROFILE",

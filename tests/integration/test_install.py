@@ -57,7 +57,8 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Install:
     # Build from a copy, so the build leaves nothing in the checkout (build/, *.egg-info).
     src = base / "src"
     shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "var", "build", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis", "tests", "bench"))
+        ".git", ".venv", "var", "build", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis", "tests", "bench",
+        "*.so"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(base / "dist"), str(src)],
                    check=True, cwd=base, timeout=300)
     (wheel,) = (base / "dist").glob("spillway-*.whl")
@@ -85,6 +86,8 @@ def test_the_wheel_holds_every_module_and_data_file_of_the_packages(installed: I
     assert source - names == set()
     assert {"topology/commands/check_config.py", "topology/commands/init.py", "core/spillway.toml",
             "agents/flume.thrift", "topology/status_page.html", "devtools/kafka-pom.xml"} <= names
+    # the Thrift decoder compiled by mypyc, next to its plain Python source
+    assert {"agents/thrift_wire.py", f"agents/thrift_wire{sysconfig.get_config_var('EXT_SUFFIX')}"} <= names
 
 
 def test_installed_packages_import_from_the_venv_not_the_checkout(installed: Install, empty: Path) -> None:
@@ -183,6 +186,8 @@ def test_installed_worker_starts_with_kafka_unreachable_acknowledges_and_deliver
         wait_until(lambda: health(env["SPILLWAY_WEB_PORT"]) or worker.poll() is not None, 90, what="/health")
         assert worker.poll() is None, (cwd / "worker.log").read_text()
         started = time.monotonic() - t0
+        wait_until(lambda: "thrift source listening" in (cwd / "worker.log").read_text(), 30, what="the source")
+        assert "compiled decoder" in (cwd / "worker.log").read_text()  # the wheel's mypyc build runs
         sent = installed.run("send", "--count", "40", "--batch", "10", "--topic", topic, cwd=cwd, timeout=120, **env)
         assert sent.returncode == 0, sent.stdout + sent.stderr
         # four calls, each answered OK while Kafka is unreachable: durable on disk
