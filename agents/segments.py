@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import logging
 import os
 import struct
@@ -264,6 +265,17 @@ def _resync(w: _Window, start: int, size: int) -> int | None:
     return None
 
 
+@contextlib.contextmanager
+def _open_segment(path: Path | str, end: int | None) -> Iterator[tuple[BinaryIO, int]]:
+    """The segment open for reading past its checked file header, and how far to read: its
+    size, or ``end`` if smaller. CorruptRecord for a bad file header."""
+    with open(path, "rb", buffering=0) as f:
+        size = os.fstat(f.fileno()).st_size
+        if f.read(HEADER_LEN) != FILE_HEADER:
+            raise CorruptRecord("bad segment file header", segment=str(path), offset=0)
+        yield f, size if end is None else min(size, end)
+
+
 def iter_records(path: Path | str, start_offset: int = HEADER_LEN,
                  end: int | None = None) -> Iterator[tuple[int, int, Record]]:
     """Yield ``(offset, next_offset, record)`` for each frame from ``start_offset``.
@@ -278,12 +290,7 @@ def iter_records(path: Path | str, start_offset: int = HEADER_LEN,
     with valid frames after.
     """
     seg = str(path)
-    with open(path, "rb", buffering=0) as f:
-        size = os.fstat(f.fileno()).st_size
-        if end is not None:
-            size = min(size, end)
-        if f.read(HEADER_LEN) != FILE_HEADER:
-            raise CorruptRecord("bad segment file header", segment=seg, offset=0)
+    with _open_segment(path, end) as (f, size):
         w, off = _Window(f), max(start_offset, HEADER_LEN)
         while True:
             status, payload = _probe(w, off, size)
@@ -365,13 +372,7 @@ def iter_chunks(path: Path | str, start_offset: int = HEADER_LEN, end: int | Non
     does not take (damage, an escaped meta, the end of the file) goes through
     :func:`iter_records`, so damage is found, and reported, in one place.
     """
-    seg = str(path)
-    with open(path, "rb", buffering=0) as f:
-        limit = os.fstat(f.fileno()).st_size
-        if end is not None:
-            limit = min(limit, end)
-        if f.read(HEADER_LEN) != FILE_HEADER:
-            raise CorruptRecord("bad segment file header", segment=seg, offset=0)
+    with _open_segment(path, end) as (f, limit):
         off = first = max(start_offset, HEADER_LEN)
         buf, base = b"", off
         chunk: list[Record] = []

@@ -128,24 +128,16 @@ def _coerce(tp: Any, value: Any, key: str, from_env: bool) -> Any:
         if not isinstance(value, bool):
             raise ConfigError(key, f"expected true or false, got {value!r}")
         return value
-    if tp is int:
+    if tp is int or tp is float:  # a TOML number, or its text in the environment
+        kinds, what = (int, "an integer") if tp is int else (int | float, "a number")
         if from_env and isinstance(value, str):
             try:
-                value = int(value)
+                value = tp(value)
             except ValueError:
-                raise ConfigError(key, f"expected an integer, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(key, f"expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if from_env and isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                raise ConfigError(key, f"expected a number, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(key, f"expected a number, got {value!r}")
-        return float(value)
+                raise ConfigError(key, f"expected {what}, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            raise ConfigError(key, f"expected {what}, got {value!r}")
+        return tp(value)
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(key, f"expected a string, got {value!r}")
