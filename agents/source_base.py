@@ -253,6 +253,8 @@ class StreamSource(Service):
     async def _send(self, writer: Any, data: bytes) -> None:
         """Writes a reply; a client that does not read it for ``idle_timeout`` is cut."""
         writer.write(data)
+        if not writer.transport.get_write_buffer_size():
+            return  # the socket took it all: nothing to wait for (the usual case)
         idle = self.settings.idle_timeout or None
         try:
             async with asyncio.timeout(idle):
