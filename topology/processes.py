@@ -13,7 +13,11 @@ loader (:func:`core.loading.for_process`) gives child i:
 
 The parent forwards SIGTERM and SIGINT to every child and waits for them: exit status 0 when
 every child stopped cleanly. A child that dies unexpectedly is started again after a backoff
-(1 s, doubling to 30 s; back to 1 s after a child ran a minute), logged.
+(1 s, doubling to 30 s; back to 1 s after a child ran a minute), logged. A child that failed
+``GIVE_UP_AFTER`` times in a row, each time within a minute of its start (a setting it
+refuses, a directory it cannot use), is not started again: the parent logs it and keeps the
+others; once none is left running it exits with status 1, so what supervises the node
+(systemd, honcho) sees the failure instead of a restart loop.
 
 Nothing is left behind when N shrinks: a ``process-<k>`` directory with k >= N that still
 holds segments gets a *drain-only* child (index k, no source listening, web port
@@ -53,6 +57,7 @@ _PROCESS_DIR: Final = re.compile(r"process-(\d+)")
 BACKOFF_FIRST: Final = 1.0
 BACKOFF_MAX: Final = 30.0
 STABLE_AFTER: Final = 60.0  # a child that ran this long starts its next restart at BACKOFF_FIRST
+GIVE_UP_AFTER: Final = 5  # failures in a row, each within STABLE_AFTER of the start: not started again
 STOP_DEADLINE: Final = 60.0  # seconds children have to stop after the signal, then they are killed
 POLL: Final = 0.2
 
@@ -133,6 +138,8 @@ class Child:
     backoff: float = BACKOFF_FIRST
     restart_at: float | None = None  # monotonic time of a scheduled restart
     finished: bool = False  # a drain-only child that emptied its directory and exited 0
+    failures: int = 0  # exits in a row within STABLE_AFTER of the start
+    given_up: bool = False  # failed GIVE_UP_AFTER times in a row: not started again
     returncode: int | None = None  # of the last exit
 
     @property
@@ -201,7 +208,15 @@ class Parent:
             return
         ran = now - child.started
         if ran >= STABLE_AFTER:
-            child.backoff = BACKOFF_FIRST
+            child.backoff, child.failures = BACKOFF_FIRST, 0
+        child.failures += 1
+        if child.failures >= GIVE_UP_AFTER:
+            child.given_up = True
+            logger.error("%s (pid %d) %s after %.1fs, failure %d in a row within %.0fs of its start; "
+                         "not starting it again (%d other process(es) still running)", child.name, pid, how, ran,
+                         child.failures, STABLE_AFTER,
+                         sum(1 for c in self.children if c.proc is not None))
+            return
         child.restart_at = now + child.backoff
         logger.error("%s (pid %d) %s unexpectedly after %.1fs; starting it again in %.0fs",
                      child.name, pid, how, ran, child.backoff)
@@ -222,6 +237,8 @@ class Parent:
                       and self.stopping is None):
                     self.start(child)
             running = [c for c in self.children if c.proc is not None]
+            if self.stopping is None and not running and all(c.finished or c.given_up for c in self.children):
+                break  # every process gave up (or drained and finished): nothing left to keep
             if self.stopping is not None:
                 if not running:
                     break
@@ -233,7 +250,7 @@ class Parent:
                         if child.proc is not None:
                             child.proc.kill()
             time.sleep(POLL)
-        failed = [c for c in self.children if c.returncode not in (0, None) and c.restart_at is None]
+        failed = [c for c in self.children if c.given_up or (c.returncode not in (0, None) and c.restart_at is None)]
         logger.info("all processes stopped%s", f"; {len(failed)} not cleanly" if failed else "")
         return 1 if failed else 0
 

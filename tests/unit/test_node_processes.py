@@ -1,8 +1,14 @@
 """The pure parts of ``--processes N``: the command line, each process's settings, leftover
-directories, the buffer directory lock."""
+directories, the buffer directory lock; the parent's give-up rule, with tiny commands for children."""
 
 from __future__ import annotations
 
+import logging
+import signal
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +17,7 @@ from agents.disk_buffer import DiskBuffer
 from core.errors import BufferError, ConfigError
 from core.loading import load_settings
 from core.settings import DEFAULT_CONFIG
-from topology.processes import ProcessesError, leftover_directories, split_processes
+from topology.processes import GIVE_UP_AFTER, Child, Parent, ProcessesError, leftover_directories, split_processes
 
 
 def test_processes_flag_is_taken_out_of_the_worker_arguments() -> None:
@@ -66,3 +72,50 @@ async def test_a_second_buffer_on_one_directory_is_refused_until_the_first_stops
     await first.stop()
     await second.start()  # released at stop
     await second.stop()
+
+
+class QuickParent(Parent):
+    """The parent's loop with children that are a tiny command (fails at once unless its index is
+    in ``healthy``, which runs until stopped) and short backoffs."""
+
+    def __init__(self, count: int, healthy: set[int]) -> None:
+        super().__init__([], count, {}, env={})
+        self.healthy = healthy
+        self.starts: list[int] = []
+        for child in self.children:
+            child.backoff = 0.01
+
+    def start(self, child: Child) -> None:
+        self.starts.append(child.index)
+        code = "import time; time.sleep(60)" if child.index in self.healthy else "raise SystemExit(3)"
+        child.proc = subprocess.Popen([sys.executable, "-c", code])
+        child.started, child.restart_at = time.monotonic(), None
+
+
+def test_a_child_failing_at_every_start_is_given_up_and_the_parent_exits_1_once_none_is_left(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(signal, "signal", lambda *a: None)  # keep pytest's own handlers
+    parent = QuickParent(2, healthy=set())
+    caplog.set_level(logging.ERROR, "spillway.processes")
+    assert parent.run() == 1
+    assert parent.starts.count(0) == parent.starts.count(1) == GIVE_UP_AFTER  # started again until given up
+    assert all(c.given_up for c in parent.children)
+    assert sum("not starting it again" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_the_others_keep_running_when_one_child_is_given_up() -> None:
+    parent = QuickParent(2, healthy={0})
+    runner = threading.Thread(target=parent.run)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(signal, "signal", lambda *a: None)  # run() is not in the main thread here
+        runner.start()
+        deadline = time.monotonic() + 30
+        while not parent.children[1].given_up and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert parent.children[1].given_up and parent.starts.count(1) == GIVE_UP_AFTER
+        assert runner.is_alive() and parent.children[0].proc is not None  # process 0 still runs
+        assert parent.children[0].proc.poll() is None
+        parent._signal(signal.SIGTERM, None)
+        runner.join(30)
+    assert not runner.is_alive()
+    assert parent.starts.count(0) == 1
