@@ -16,7 +16,12 @@ Replies, the delivery contract in HTTP:
   charset we do not read, ``408`` for a body that does not arrive within ``frame_timeout``.
 
 It listens on its own port (never the operations web port), on aiohttp, the server Faust's
-web views run on. Inflating is ours (aiohttp's own is off): bounded by ``max_body_bytes``
+web views run on. At most ``max_connections`` are open at once: one more is closed at once
+(counted in ``spillway_source_connections_closed_total``, logged), aiohttp having no such cap.
+A request's line and headers must arrive whole within ``idle_timeout`` of the connection
+opening or of the previous reply: aiohttp's keep-alive timer, which a sender trickling
+bytes does not reset (measured: cut at 2.1 s with a 2 s timeout).
+Inflating is ours (aiohttp's own is off): bounded by ``max_body_bytes``
 whatever the compressed bytes claim. Optional TLS as every source has it.
 """
 
@@ -26,7 +31,7 @@ import asyncio
 import collections
 import logging
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Final
 
 import orjson
@@ -45,6 +50,53 @@ logger = logging.getLogger(__name__)
 NDJSON: Final = frozenset(("application/x-ndjson", "application/ndjson", "application/jsonl",
                            "application/x-jsonlines"))
 _READ_STEP: Final = 65_536
+
+
+class _Guard(asyncio.Protocol):
+    """One connection: aiohttp's protocol for it, behind the source's connection cap."""
+
+    def __init__(self, source: HttpSource, make: Callable[[], asyncio.Protocol]) -> None:
+        self.source = source
+        self.make = make
+        self.inner: asyncio.Protocol | None = None
+        self.transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
+        self.transport = transport
+        src = self.source
+        if len(src.guards) >= src.settings.max_connections or not src.listening:
+            reason = "max_connections" if src.listening else "shutdown"
+            src.count_closed(reason)
+            src.throttled.log(logging.WARNING, reason, "http source: refusing a connection from %s (%d open, max %d)",
+                              transport.get_extra_info("peername"), len(src.guards), src.settings.max_connections)
+            transport.close()
+            return
+        src.guards[transport] = self
+        src.open_gauge.inc()
+        self.inner = self.make()
+        self.inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self.inner is not None:
+            self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received() if self.inner is not None else None
+
+    def pause_writing(self) -> None:
+        if self.inner is not None:
+            self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.inner is not None:
+            self.inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.inner is None:
+            return
+        if self.source.guards.pop(self.transport, None) is not None:  # type: ignore[arg-type]
+            self.source.open_gauge.dec()
+        self.inner.connection_lost(exc)
 
 
 class BadRequest(Exception):
@@ -158,10 +210,22 @@ class HttpSource(Service):
         self._bad = metrics.bad_frames.labels(source=self.name)
         #: replies by HTTP status
         self.responses: collections.Counter[int] = collections.Counter()
-        self.closed: collections.Counter[str] = collections.Counter()  # connections are aiohttp's
+        #: closed connections by reason (agents.source_base.CLOSE_REASONS; aiohttp's own closes are not counted)
+        self.closed: collections.Counter[str] = collections.Counter()
+        self.throttled = self._throttled
+        self.open_gauge = metrics.connections.labels(source=self.name)
+        self.guards: dict[asyncio.BaseTransport, _Guard] = {}  # the open connections
+        self._listener: asyncio.Server | None = None
         self.port: int | None = None
         self.listening = False
-        self.open_connections = 0
+
+    @property
+    def open_connections(self) -> int:
+        return len(self.guards)
+
+    def count_closed(self, reason: str) -> None:
+        self.closed[reason] += 1
+        self.metrics.connections_closed.labels(source=self.name, reason=reason).inc()
 
     async def on_start(self) -> None:
         s = self.settings
@@ -171,11 +235,12 @@ class HttpSource(Service):
         self._runner = web.AppRunner(app, access_log=None, auto_decompress=False,
                                      keepalive_timeout=s.idle_timeout or 75.0, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, s.host, s.port, ssl_context=ssl_ctx, backlog=1024,
-                           reuse_port=s.reuse_port or None)
-        await site.start()
-        server = getattr(site, "_server", None)
-        self.port = server.sockets[0].getsockname()[1] if server is not None and server.sockets else s.port
+        server = self._runner.server
+        assert server is not None
+        # aiohttp's protocol for each connection, behind the guard (what TCPSite would listen with)
+        self._listener = await asyncio.get_running_loop().create_server(
+            lambda: _Guard(self, server), s.host, s.port, ssl=ssl_ctx, backlog=1024, reuse_port=s.reuse_port or None)
+        self.port = self._listener.sockets[0].getsockname()[1]
         self.listening = True
         logger.info("http source listening on %s:%s%s (%s)", s.host, self.port, s.path,
                     "TLS" if ssl_ctx is not None else "plain HTTP")
@@ -185,6 +250,8 @@ class HttpSource(Service):
 
     async def on_stop(self) -> None:
         self.listening = False
+        if self._listener is not None:
+            self._listener.close()
         if self._runner is not None:
             await self._runner.cleanup()  # answers requests in flight first (aiohttp's shutdown_timeout)
             self._runner = None

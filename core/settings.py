@@ -226,6 +226,7 @@ class HttpSettings:
     max_event_bytes: Size = Size(1_000_000)
     max_headers: int = 64
     max_header_bytes: Size = Size(16_384)
+    max_connections: int = 1024
     idle_timeout: Duration = Duration(75.0)
     frame_timeout: Duration = Duration(30.0)
     tls_certfile: str = ""

@@ -181,3 +181,71 @@ def test_over_tls_curl_is_served_and_plain_http_on_that_port_is_not(
     assert len(read_topic(kafka_up.bootstrap, topic, 4, settle=0.5)) == 4
     r = subprocess.run(["curl", "-sS", "--max-time", "10", "-X", "POST", "--data", "[]", url], capture_output=True)
     assert r.returncode != 0  # a plain request on the TLS port gets no HTTP answer
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> float:
+    """Seconds until the server closed ``sock`` (reading past any reply), or ``seconds`` + 1."""
+    t0 = time.monotonic()
+    sock.settimeout(0.2)
+    while time.monotonic() - t0 < seconds:
+        try:
+            if not sock.recv(65536):
+                return time.monotonic() - t0
+        except TimeoutError:
+            continue
+        except ConnectionResetError:
+            return time.monotonic() - t0
+    return seconds + 1
+
+
+def _post_raw(sock: socket.socket, body: bytes) -> bytes:
+    sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: "
+                 + str(len(body)).encode() + b"\r\n\r\n" + body)
+    return sock.recv(65536)
+
+
+def test_connections_are_capped_and_one_trickling_its_headers_is_cut_while_others_are_served(
+        kafka_up: Broker, make_worker: Callable[..., Worker], tmp_path: Path) -> None:
+    w, url = http_worker(make_worker, kafka_up.bootstrap, SPILLWAY_SOURCE_HTTP_MAX_CONNECTIONS="3",
+                         SPILLWAY_SOURCE_HTTP_IDLE_TIMEOUT="1s", SPILLWAY_SOURCE_HTTP_FRAME_TIMEOUT="1s")
+    port = int(url.rsplit(":", 1)[1].strip("/"))
+    topic = unique("http-guard")
+    body = json.dumps(events(topic, 1)).encode()
+    # a keep-alive sender that answers in time keeps its connection across requests
+    steady = socket.create_connection(("127.0.0.1", port), timeout=10)
+    for _ in range(3):
+        assert _post_raw(steady, body).startswith(b"HTTP/1.1 200")
+        time.sleep(0.5)
+    # one trickling its request line and headers, a byte every 0.3 s, never finishing them
+    trickle = socket.create_connection(("127.0.0.1", port), timeout=10)
+    t0 = time.monotonic()
+    header = b"POST / HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"y" * 100
+    cut_after = None
+    for i in range(len(header)):
+        try:
+            trickle.sendall(header[i:i + 1])
+        except OSError:
+            cut_after = time.monotonic() - t0
+            break
+        time.sleep(0.3)
+        if _closed_within(trickle, 0.01) < 0.01:
+            cut_after = time.monotonic() - t0
+            break
+    assert cut_after is not None and 0.8 < cut_after < 4  # idle_timeout: 1 s, trickled bytes do not reset it
+    trickle.close()
+    steady.close()
+    # at most three at once; a fourth is closed at once
+    others = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(3)]
+    assert _post_raw(others[0], body).startswith(b"HTTP/1.1 200")  # those in are served
+    fourth = socket.create_connection(("127.0.0.1", port), timeout=10)
+    assert _closed_within(fourth, 3) < 1
+    fourth.close()
+    assert _post_raw(others[1], body).startswith(b"HTTP/1.1 200")
+    for s in others:
+        s.close()
+    time.sleep(0.3)
+    assert curl(url, body, tmp_path)[0] == 200  # a freed slot is taken again
+    closed = w.get("/metrics")
+    assert 'spillway_source_connections_closed_total{reason="max_connections",source="http"} 1.0' in closed
+    assert "refusing a connection" in w.log_tail(200)
+    assert len(read_topic(kafka_up.bootstrap, topic, 6, settle=0.5)) == 6  # 3 steady, 2 others, curl
