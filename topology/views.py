@@ -15,6 +15,7 @@ import os
 import time
 from collections import deque
 from importlib import resources
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import aiohttp
@@ -27,6 +28,7 @@ from core.ratelog import Throttled
 from core.settings import KafkaSettings
 from topology import app as topo
 from topology.pipeline import Pipeline
+from topology.processes import leftover_directories
 
 logger = logging.getLogger(__name__)
 app: faust.App = topo.app
@@ -310,18 +312,24 @@ async def sibling_status(session: aiohttp.ClientSession, host: str, port: int) -
 
 async def with_processes(doc: dict[str, Any]) -> dict[str, Any]:
     """Process 0 of several: ``doc`` plus ``processes`` (each sibling's summary, fetched over
-    loopback with a short timeout) and ``processes_total``."""
+    loopback with a short timeout, and each drain-only child's while a directory a run with
+    more processes left still holds segments) and ``processes_total``."""
     p = topo.node
     place, w = p.settings.process, p.settings.web
-    if place.count <= 1 or place.index != 0 or not w.port or "counters" not in doc:
+    if place.index != 0 or not w.port or "counters" not in doc:
+        return doc
+    leftovers = sorted(leftover_directories(Path(p.settings.buffer.directory), place.count))
+    if place.count <= 1 and not leftovers:
         return doc
     host = "127.0.0.1" if w.host in ("0.0.0.0", "", "localhost") else ("::1" if w.host == "::" else w.host)
-    ports = [w.port + i for i in range(1, place.count)]
+    indexes = [*range(1, place.count), *leftovers]
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=SIBLING_TIMEOUT)) as session:
-        docs = await asyncio.gather(*(sibling_status(session, host, port) for port in ports))
+        docs = await asyncio.gather(*(sibling_status(session, host, w.port + i) for i in indexes))
     rows = [process_summary(doc, 0, w.port)]
-    for i, (port, sibling) in enumerate(zip(ports, docs, strict=True), start=1):
-        row = process_summary(sibling, i, port)
+    for i, sibling in zip(indexes, docs, strict=True):
+        row = process_summary(sibling, i, w.port + i)
+        if i >= place.count:
+            row["drain_only"] = True
         if "error" in sibling:
             row["error"] = sibling["error"]
         rows.append(row)

@@ -158,11 +158,16 @@ def test_going_back_to_one_process_drains_what_process_1_left(
     left = processes(two)[1]["buffered_events"]
     assert two.stop(timeout=60) == 0
     assert segments(two.buffer_dir / "process-1") > 0
-    kafka_proxy.restore()
     one = Worker(two.directory, kafka_up.bootstrap, env_extra=dict(FAST), thrift_port=two.thrift_port,
                  web_port=two.web_port, args=["--processes", "1"])
     try:
-        one.start()
+        one.start()  # Kafka still cut: the drain-only child holds process-1's events, and /status shows it
+        rows = wait_until(lambda: (st := one.status()).get("processes") and len(st["processes"]) == 2
+                          and "buffered_events" in st["processes"][1] and st["processes"], 30,
+                          what="the drain-only child in /status")
+        assert rows[1]["drain_only"] and rows[1]["index"] == 1 and rows[1]["buffered_events"] == left
+        assert rows[1]["web_port"] == two.web_port + 1 and not rows[1]["ready"]
+        kafka_proxy.restore()
         wait_until(lambda: segments(one.buffer_dir / "process-1") == 0 and segments(one.buffer_dir) == 0, 60,
                    what="process-1 and process 0 drained")
         counts = check_all_in_kafka(kafka_up.bootstrap, load.acked())
