@@ -175,6 +175,11 @@ class Deflating:
     def write(self, data: bytes) -> None:
         self._raw.write(self._z.compress(data) + self._z.flush(zlib.Z_SYNC_FLUSH))
 
+    @property
+    def transport(self) -> Any:
+        """The socket's: what a write leaves unsent is there (this keeps nothing back)."""
+        return self._raw.transport
+
     async def drain(self) -> None:
         await self._raw.drain()
 
@@ -233,6 +238,10 @@ class TlsInside:
     def write(self, data: bytes) -> None:
         self._tls.write(data)
         self._flush()
+
+    @property
+    def transport(self) -> Any:
+        return self._writer.transport
 
     async def drain(self) -> None:
         await self._writer.drain()

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from agents.records import Event, Record
+from agents.records import Event, Record, new_record
 from core.errors import RoutingError
 from core.settings import TOPIC_RE, RouterSettings
 
@@ -79,7 +79,7 @@ class Router:
                 topic_name = self._names.get(topic) or self._topic_name(topic)
             if verdicts.get(topic_name, _UNJUDGED) is not None:
                 self.check_topic(topic_name)
-            append(Record(topic_name, key, headers, body, received_ms))
+            append(new_record((topic_name, key, headers, body, received_ms)))
         return records
 
     def _topic_name(self, raw: bytes) -> str:

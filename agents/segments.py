@@ -45,7 +45,7 @@ from typing import Any, BinaryIO, Final
 
 import orjson
 
-from agents.records import Record
+from agents.records import Record, new_record
 from core.errors import CorruptRecord
 
 logger = logging.getLogger(__name__)
@@ -356,7 +356,7 @@ def _decode_run(buf: bytes, pos: int, n: int, out: list[Record]) -> tuple[int, i
             return pos, _RUN_ODD
         if topic.__class__ is not str or ts.__class__ is not int or len(headers) != len(pairs):
             return pos, _RUN_ODD
-        append(Record(topic, key, headers, buf[meta_end:nxt], ts))
+        append(new_record((topic, key, headers, buf[meta_end:nxt], ts)))
         pos = nxt
         n -= 1
     return pos, _RUN_DONE

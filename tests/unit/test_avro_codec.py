@@ -206,8 +206,14 @@ def test_valid_requests_round_trip_with_their_headers_and_bodies(evs: Any, metho
 
 
 class _Writer:
+    """A StreamWriter whose socket takes every reply at once."""
+
     def __init__(self) -> None:
         self.out: list[bytes] = []
+        self.transport = self
+
+    def get_write_buffer_size(self) -> int:
+        return 0
 
     def write(self, data: bytes) -> None:
         self.out.append(data)

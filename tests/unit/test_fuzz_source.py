@@ -284,8 +284,14 @@ def test_thriftpy2_zero_width_element_bombs_are_refused_at_once() -> None:
 
 
 class _Writer:
+    """A StreamWriter whose socket takes every reply at once."""
+
     def __init__(self) -> None:
         self.out: list[bytes] = []
+        self.transport = self
+
+    def get_write_buffer_size(self) -> int:
+        return 0
 
     def write(self, data: bytes) -> None:
         self.out.append(data)
