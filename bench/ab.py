@@ -5,7 +5,8 @@
     .venv/bin/python -m bench.ab l0=. l5=.:SPILLWAY_KAFKA_PRODUCER_LINGER_MS=5 --rounds 5
 
 Each configuration is ``name=checkout[:VAR=value,...]``: the worker runs from that checkout
-(a ``git worktree`` of another commit, say) with those variables. Round after round, each
+(a ``git worktree`` of another commit, say) with those variables; ``name=flume:memory`` (or
+``flume:file``) is Apache Flume's own agent as ``bench.run`` runs it, to take turns with. Round after round, each
 configuration gets a fresh worker, a 2 s warm-up and ``--seconds`` of the load of
 ``bench.run`` (2 processes × 4 connections, appendBatch of 100 × 512 B). On a shared
 machine one run says little: the rounds alternate so that a busy minute hits every
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import run as bench_run
-from bench.run import Broker, Spillway, _cpu_seconds, free_port, load
+from bench.run import Broker, Spillway, _cpu_seconds, flume_agent, free_port, load
 
 
 def parse(spec: str) -> dict[str, Any]:
@@ -33,11 +34,21 @@ def parse(spec: str) -> dict[str, Any]:
     checkout, _, variables = rest.partition(":")
     if not name or not checkout:
         raise SystemExit(f"bench.ab: {spec!r} is not name=checkout[:VAR=value,...]")
+    if checkout == "flume":
+        if variables not in ("memory", "file"):
+            raise SystemExit(f"bench.ab: {spec!r}: flume:memory or flume:file")
+        return {"name": name, "flume": variables}
     extra = dict(v.split("=", 1) for v in variables.split(",") if v)
     return {"name": name, "root": Path(checkout).resolve(), "extra": extra}
 
 
 def one(work: Path, broker: Broker, config: dict[str, Any], args: argparse.Namespace, n: int) -> tuple[float, ...]:
+    if "flume" in config:
+        got = flume_agent(work / f"{config['name']}-{n}", broker.bootstrap, config["flume"], args.seconds, args)
+        if got is None:
+            raise SystemExit("bench.ab: Flume's libraries are missing (python -m devtools.flume fetch)")
+        # the broker's CPU is not told apart from the agent's start-up here: left out
+        return got["events_per_second"], got["server_cpu_us_per_event"], float("nan"), got["latency_ms"]["p99"]
     saved = dict(os.environ)
     os.environ["PYTHONPATH"] = str(config["root"])
     bench_run.ROOT = config["root"]  # the worker's cwd: `python -m topology.cli` imports from there
@@ -86,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         broker.stop()
     print("medians:")
     for name, got in rows.items():
-        med = [statistics.median(r[i] for r in got) for i in range(4)]
+        med = [statistics.median(r[i] for r in got) for i in range(4)]  # nan: not measured
         print(f"  {name}: {med[0]:,.0f} events/s, worker {med[1]:.1f} µs/event, broker {med[2]:.1f} µs/event, "
               f"p99 {med[3]:.1f} ms")
     return 0
