@@ -28,6 +28,7 @@ import faust
 from faust.app.base import BootStrategy
 
 from agents.supervisor import Outcome
+from core import heap
 from core.errors import ConfigError
 from core.loading import load_settings
 from core.settings import Settings
@@ -79,6 +80,7 @@ class Node(Pipeline):
         if config_error is not None:
             raise SystemExit(f"spillway: invalid configuration: {config_error}")
         await super().on_start()
+        heap.settle()  # the collector tuned for records in flight (core/heap.py)
 
 
 #: every stage of this node, built from the settings; started and stopped by the worker

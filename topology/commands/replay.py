@@ -43,6 +43,7 @@ from agents.kafka_sink import KafkaSink
 from agents.records import Delivery, Record
 from agents.router import Router
 from agents.segments import iter_records, scan_segment
+from core import heap
 from core.errors import CorruptRecord
 from core.settings import Settings
 from topology.app import app
@@ -448,6 +449,7 @@ async def replay(self: SpillwayCommand, paths: tuple[str, ...], topics: tuple[st
     damaged), 2 bad arguments or configuration.
     """
     keep = RecordFilter.from_options(topics, since, until)
+    heap.settle()  # chunks of records in flight, as in the worker's drain (core/heap.py)
     files, flume_files, text_files = await asyncio.to_thread(collect_inputs, paths)
     if not files:
         raise CommandError(f"nothing to replay in {', '.join(paths)}: no *.seg or *.seg.gz files and no Flume "
