@@ -39,7 +39,7 @@ from aiohttp import web
 from mode import Service
 
 from agents.records import Event
-from agents.source_base import Handler, server_ssl_context
+from agents.source_base import ConnectionCounts, Handler, server_ssl_context
 from agents.thrift_codec import Status
 from core.metrics import Metrics
 from core.ratelog import Throttled
@@ -193,7 +193,7 @@ def decode_body(body: bytes, encoding: str, charset: str | None, content_type: s
 # -- the server ---------------------------------------------------------------------------------
 
 
-class HttpSource(Service):
+class HttpSource(ConnectionCounts, Service):
     """Listens for HTTP senders (Flume's HTTPSource clients, curl, anything that POSTs JSON)."""
 
     name: ClassVar[str] = "http"
@@ -210,10 +210,8 @@ class HttpSource(Service):
         self._bad = metrics.bad_frames.labels(source=self.name)
         #: replies by HTTP status
         self.responses: collections.Counter[int] = collections.Counter()
-        #: closed connections by reason (agents.source_base.CLOSE_REASONS; aiohttp's own closes are not counted)
-        self.closed: collections.Counter[str] = collections.Counter()
         self.throttled = self._throttled
-        self.open_gauge = metrics.connections.labels(source=self.name)
+        self._init_counts()  # aiohttp's own closes are not counted
         self.guards: dict[asyncio.BaseTransport, _Guard] = {}  # the open connections
         self._listener: asyncio.Server | None = None
         self.port: int | None = None
@@ -222,10 +220,6 @@ class HttpSource(Service):
     @property
     def open_connections(self) -> int:
         return len(self.guards)
-
-    def count_closed(self, reason: str) -> None:
-        self.closed[reason] += 1
-        self.metrics.connections_closed.labels(source=self.name, reason=reason).inc()
 
     async def on_start(self) -> None:
         s = self.settings

@@ -111,7 +111,26 @@ class Hangup(Exception):
         self.reason = reason
 
 
-class StreamSource(Service):
+class ConnectionCounts:
+    """What every source counts of its connections: those open (``open_gauge``, the
+    ``spillway_source_connections`` gauge) and those the server closed, by reason
+    (CLOSE_REASONS), in ``closed`` (for /status) and in
+    ``spillway_source_connections_closed_total{source,reason}``."""
+
+    name: ClassVar[str]
+    metrics: Metrics
+
+    def _init_counts(self) -> None:
+        self.open_gauge = self.metrics.connections.labels(source=self.name)
+        #: closed connections by reason (CLOSE_REASONS)
+        self.closed: collections.Counter[str] = collections.Counter()
+
+    def count_closed(self, reason: str) -> None:
+        self.closed[reason] += 1
+        self.metrics.connections_closed.labels(source=self.name, reason=reason).inc()
+
+
+class StreamSource(ConnectionCounts, Service):
     """Listens for clients of one protocol; hands each call's events to ``handler``."""
 
     #: the ``source`` label of the metrics and the name in /status and the logs
@@ -130,10 +149,8 @@ class StreamSource(Service):
         self._throttled = Throttled(logging.getLogger(type(self).__module__))
         label = self.name
         self._received = metrics.received.labels(source=label)
-        self._open = metrics.connections.labels(source=label)
         self._bad_frames = metrics.bad_frames.labels(source=label)
-        #: closed connections by reason (CLOSE_REASONS)
-        self.closed: collections.Counter[str] = collections.Counter()
+        self._init_counts()
         self.port: int | None = None
         self.listening = False
 
@@ -186,10 +203,6 @@ class StreamSource(Service):
 
     # -- one connection ---------------------------------------------------------------------------
 
-    def _count_closed(self, reason: str) -> None:
-        self.closed[reason] += 1
-        self.metrics.connections_closed.labels(source=self.name, reason=reason).inc()
-
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
@@ -197,14 +210,14 @@ class StreamSource(Service):
         name = self.name
         if len(self._connections) >= s.max_connections or not self.listening:
             reason = "max_connections" if self.listening else "shutdown"
-            self._count_closed(reason)
+            self.count_closed(reason)
             self._throttled.log(logging.WARNING, reason, "%s source: refusing a connection from %s "
                                 "(%d open, max %d)", name, writer.get_extra_info("peername"),
                                 len(self._connections), s.max_connections)
             writer.close()
             return
         self._connections[task] = writer
-        self._open.inc()
+        self.open_gauge.inc()
         peer = writer.get_extra_info("peername")
         reason = "client_closed"
         try:
@@ -223,9 +236,9 @@ class StreamSource(Service):
         finally:
             if reason == "client_closed" and not self.listening:
                 reason = "shutdown"
-            self._count_closed(reason)
+            self.count_closed(reason)
             self._connections.pop(task, None)
-            self._open.dec()
+            self.open_gauge.dec()
             writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 1)
