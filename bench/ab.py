@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--processes", type=int, default=2, help="the load generator's processes")
     ap.add_argument("--connections", type=int, default=4)
+    ap.add_argument("--warmup", type=float, default=30.0,
+                    help="seconds of produce load the broker gets before the first round (its JIT)")
     a = ap.parse_args(argv)
     configs = [parse(c) for c in a.configs]
     args = argparse.Namespace(seconds=a.seconds, processes=a.processes, connections=a.connections, batch=100,
@@ -85,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="spillway-ab-"))
     broker = Broker(work / "kafka", port=free_port(), controller_port=free_port(), heap="1g")
     broker.start(timeout=120)
+    bench_run.warm_broker(work, broker.bootstrap, args, a.warmup)  # as bench.run: the first round meets a warm broker
     rows: dict[str, list[tuple[float, ...]]] = {c["name"]: [] for c in configs}
     try:
         for n in range(a.rounds):

@@ -13,14 +13,15 @@ topics, each event keyed). Scenarios:
   N workers share the Thrift port; server CPU and RSS are summed over the parent and its children;
 - ``kafka_down``: the worker's Kafka is unreachable, the disk buffer (fsync) acknowledges;
 - ``drain_alone``: a backlog drains into Kafka with no live load (events/s, CPU µs an event);
+  ``drain_alone_2p`` the same with ``--processes N`` (each process fills and drains its own directory);
 - ``drain``: a backlog in the buffer drains into Kafka while live load continues;
 - baselines: a bare aiokafka producer with the same records (acks=all); Kafka's own Java
   ``ProducerPerformance``; Apache Flume 1.11's own agent (ThriftSource -> memory channel ->
   KafkaSink acks=all, and the same with a file channel), fed by the same load generator.
 
-Before the first scenario the broker gets 10 s of produce load (its JIT warm, so the first
-scenario meets the broker the later ones do); spillway and Flume get 2 s of load before each
-measurement.
+Before the first scenario the broker gets 30 s (``--warmup``) of produce load, a bare producer's
+then a throwaway worker's (its JIT warm, so the first scenario meets the broker the later ones
+do); spillway and Flume get 2 s of load before each measurement.
 
 Prints a table, writes ``bench/results/<time>.json`` and appends a section to BENCHMARKS.md.
 """
@@ -374,39 +375,66 @@ def drain_scenario(work: Path, bootstrap: str, args: argparse.Namespace, backlog
         up.stop()
 
 
-def fill_buffer(workdir: Path, args: argparse.Namespace, backlog: int) -> None:
+def buffered(w: Spillway) -> int:
+    """Events in the worker's buffer: over every process of ``--processes N``."""
+    st = w.status()
+    return int(st["processes_total"]["buffered_events"] if w.processes > 1 else st["buffer"]["events"])
+
+
+def drained(w: Spillway) -> int:
+    st = w.status()
+    return int(st["processes_total"]["drained"] if w.processes > 1 else st["drain"]["drained_total"])
+
+
+def fill_buffer(workdir: Path, args: argparse.Namespace, backlog: int, processes: int = 1) -> None:
     """Fill ``workdir``'s buffer with at least ``backlog`` events, Kafka unreachable."""
-    down = Spillway(workdir, f"127.0.0.1:{free_port()}").start()
+    down = Spillway(workdir, f"127.0.0.1:{free_port()}", processes=processes).start()
     try:
         t0 = time.monotonic()
-        while down.status()["buffer"]["events"] < backlog and time.monotonic() - t0 < 900:
+        while buffered(down) < backlog and time.monotonic() - t0 < 900:
             load(down.thrift_port, 5, args)
     finally:
         down.stop()
 
 
 def drain_alone_scenario(work: Path, bootstrap: str, args: argparse.Namespace, backlog: int,
-                         extra: dict[str, str] | None = None) -> dict[str, Any]:
-    """Fill the buffer, then drain it into Kafka with no live load: events/s and the worker's CPU."""
-    workdir = work / "drain-alone"
-    fill_buffer(workdir, args, backlog)
-    up = Spillway(workdir, bootstrap, extra=dict(extra or {})).start()
+                         extra: dict[str, str] | None = None, processes: int = 1) -> dict[str, Any]:
+    """Fill the buffer, then drain it into Kafka with no live load: events/s and the worker's CPU
+    (with ``processes`` > 1: ``spillway worker --processes N``, each process draining its own
+    directory, CPU summed over the parent and its children)."""
+    workdir = work / ("drain-alone" if processes == 1 else f"drain-alone-{processes}p")
+    fill_buffer(workdir, args, backlog, processes)
+    up = Spillway(workdir, bootstrap, extra=dict(extra or {}), processes=processes).start()
     try:
         assert up.proc is not None
-        start = up.status()
-        cpu0, t0 = _cpu_seconds(up.proc.pid), time.monotonic()
-        while up.status()["buffer"]["events"] > 0 and time.monotonic() - t0 < 1800:
+        start_events, start_drained = buffered(up), drained(up)
+        pids = up.tree
+        cpu0, t0 = _sum(pids, _cpu_seconds), time.monotonic()
+        while buffered(up) > 0 and time.monotonic() - t0 < 1800:
             time.sleep(0.2)
-        elapsed, cpu = time.monotonic() - t0, _cpu_seconds(up.proc.pid) - cpu0
-        end = up.status()
-        drained = end["drain"]["drained_total"] - start["drain"]["drained_total"]
-        return {"backlog_events": start["buffer"]["events"], "drained": drained,
-                "events_per_second": round(drained / elapsed), "seconds": round(elapsed, 1),
+        elapsed, cpu = time.monotonic() - t0, _sum(pids, _cpu_seconds) - cpu0
+        done = drained(up) - start_drained
+        return {"backlog_events": start_events, "drained": done, "worker_processes": processes,
+                "events_per_second": round(done / elapsed), "seconds": round(elapsed, 1),
                 "server_cpu_percent": round(100 * cpu / elapsed),
-                "cpu_us_per_event": round(1e6 * cpu / max(1, drained), 1),
-                "duplicates": end["counters"]["duplicates"]}
+                "cpu_us_per_event": round(1e6 * cpu / max(1, done), 1),
+                "duplicates": up.status()["processes_total" if processes > 1 else "counters"]["duplicates"]}
     finally:
         up.stop()
+
+
+def warm_broker(work: Path, bootstrap: str, args: argparse.Namespace, seconds: float) -> None:
+    """The broker's own warm-up, so that the first scenario does not meet a colder broker than
+    the later ones: a bare producer, then a throwaway worker under the benchmark's load (the
+    same topics and records), ``seconds`` in all, not reported. A bare producer alone left the
+    first worker round at 36k events/s and 23 broker CPU µs an event, the next at 64k and 7.5."""
+    bare_aiokafka(bootstrap, max(1.0, seconds / 3), args)
+    w = Spillway(work / "warm-up", bootstrap).start()
+    try:
+        load(w.thrift_port, max(1.0, seconds * 2 / 3), args)
+    finally:
+        w.stop()
+    shutil.rmtree(work / "warm-up", ignore_errors=True)
 
 
 def machine() -> dict[str, Any]:
@@ -429,10 +457,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--protocol", default="compact", choices=["compact", "binary"])
     ap.add_argument("--backlog", type=int, default=1_000_000)
     ap.add_argument("--no-flume", action="store_true")
+    ap.add_argument("--warmup", type=float, default=30.0,
+                    help="seconds of produce load the broker gets before the first scenario (its JIT)")
     ap.add_argument("--only", default="", help="comma list of scenarios to run")
     args = ap.parse_args(argv)
     if args.smoke:
-        args.seconds, args.backlog, args.no_flume = 3.0, 20_000, True
+        args.seconds, args.backlog, args.no_flume, args.warmup = 3.0, 20_000, True, 2.0
     only = set(filter(None, args.only.split(",")))
 
     def want(name: str) -> bool:
@@ -443,9 +473,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"machine": machine(), "args": vars(args), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     broker.start(timeout=120)
     try:
-        # The broker's own warm-up (its JIT on the produce path), so that the first scenario does
-        # not meet a colder broker than the later ones: 10 s of produce load, not reported.
-        bare_aiokafka(broker.bootstrap, 2 if args.smoke else 10, args)
+        warm_broker(work, broker.bootstrap, args, args.warmup)
         if want("healthy"):
             w = Spillway(work / "healthy", broker.bootstrap).start()
             try:
@@ -482,6 +510,9 @@ def main(argv: list[str] | None = None) -> int:
             results["flume_file"] = flume_agent(work / "flume-file", broker.bootstrap, "file", args.seconds, args)
         if want("drain_alone"):
             results["drain_alone"] = drain_alone_scenario(work, broker.bootstrap, args, args.backlog)
+        if want("drain_alone_2p"):
+            results["drain_alone_2p"] = drain_alone_scenario(work, broker.bootstrap, args, args.backlog,
+                                                             processes=args.worker_processes)
         if want("drain"):
             half = results.get("healthy", {}).get("events_per_second", 0) / 2
             results["drain"] = drain_scenario(work, broker.bootstrap, args, args.backlog, live_rate=half)
@@ -551,11 +582,15 @@ def report(results: dict[str, Any], write: bool) -> None:
         size = results['args']['size']
         lines += ["", f"Disk buffer: {down['disk_bytes_per_event']} bytes on disk per {size} B event "
                   "(body, topic, key, headers, receive time, framing and CRC)."]
-    a = results.get("drain_alone")
-    if a:
+    for name in ("drain_alone", "drain_alone_2p"):
+        a = results.get(name)
+        if not a:
+            continue
         java = results.get("java_producer")
         vs = f"{a['events_per_second'] / java['events_per_second']:.2f}x" if java else "-"
-        lines += ["", f"Drain alone (no live load) of {a['backlog_events']:,} buffered events: "
+        n = a.get("worker_processes", 1)
+        who = "" if n == 1 else f", spillway worker --processes {n}, CPU summed over the parent and its workers"
+        lines += ["", f"Drain alone (no live load{who}) of {a['backlog_events']:,} buffered events: "
                   f"{a['events_per_second']:,} events/s ({vs} Kafka's Java ProducerPerformance), {a['seconds']} s, "
                   f"server CPU {a['server_cpu_percent']} %, {a['cpu_us_per_event']} µs/event; "
                   f"duplicates {a['duplicates']}."]

@@ -287,6 +287,7 @@ def process_summary(doc: dict[str, Any], index: int, web_port: int) -> dict[str,
             "state": doc["state"], "ready": bool(doc.get("ready")),
             "events_taken": doc["counters"]["received"],
             "buffered_events": doc["buffer"]["events"], "buffered_bytes": doc["buffer"]["bytes"],
+            "drained": doc["drain"]["drained_total"], "duplicates": doc["counters"]["duplicates"],
             "kafka": sink.get("state"), "live": doc.get("live"),
             "connections": doc.get("source", {}).get("connections", 0)}
 
@@ -297,7 +298,8 @@ def process_totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {"processes": len(rows), "answering": len(up), "ready": sum(1 for r in up if r["ready"]),
             "events_taken": sum(r["events_taken"] for r in up),
             "buffered_events": sum(r["buffered_events"] for r in up),
-            "buffered_bytes": sum(r["buffered_bytes"] for r in up)}
+            "buffered_bytes": sum(r["buffered_bytes"] for r in up),
+            "drained": sum(r["drained"] for r in up), "duplicates": sum(r["duplicates"] for r in up)}
 
 
 async def sibling_status(session: aiohttp.ClientSession, host: str, port: int) -> dict[str, Any]:

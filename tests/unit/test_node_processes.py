@@ -119,3 +119,19 @@ def test_the_others_keep_running_when_one_child_is_given_up() -> None:
         runner.join(30)
     assert not runner.is_alive()
     assert parent.starts.count(0) == 1
+
+
+def test_the_totals_over_processes_sum_what_each_took_buffered_and_drained() -> None:
+    from topology.views import process_summary, process_totals
+
+    def doc(received: int, buffered: int, drained: int, duplicates: int) -> dict[str, object]:
+        return {"state": "running", "ready": True, "counters": {"received": received, "duplicates": duplicates},
+                "buffer": {"events": buffered, "bytes": buffered * 600}, "drain": {"drained_total": drained},
+                "sink": {"state": "up"}, "source": {"connections": 2}}
+
+    rows = [process_summary(doc(10, 3, 7, 0), 0, 8000), process_summary(doc(5, 4, 11, 1), 1, 8001),
+            process_summary({"state": "down"}, 2, 8002)]
+    totals = process_totals(rows)
+    assert totals["answering"] == 2 and totals["processes"] == 3
+    assert (totals["events_taken"], totals["buffered_events"], totals["drained"], totals["duplicates"]) == (
+        15, 7, 18, 1)
