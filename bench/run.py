@@ -344,25 +344,16 @@ def drain_scenario(work: Path, bootstrap: str, args: argparse.Namespace, backlog
                    live_rate: float = 0.0) -> dict[str, Any]:
     """Fill the buffer with ``backlog`` events (Kafka unreachable), then drain it with live load
     on, at ``live_rate`` events/s (half the healthy capacity; 0: flat out)."""
-    down = Spillway(work / "drain", f"127.0.0.1:{free_port()}").start()
-    try:
-        t0 = time.monotonic()
-        while down.status()["buffer"]["events"] < backlog:
-            load(down.thrift_port, 5, args)
-            if time.monotonic() - t0 > 900:
-                break
-    finally:
-        down.stop()
+    fill_buffer(work / "drain", args, backlog)
     up = Spillway(work / "drain", bootstrap).start()
     try:
-        st = up.status()
-        start_events = st["buffer"]["events"]
+        start_events = buffered(up)
         t0 = time.monotonic()
         live = load(up.thrift_port, args.seconds, args, watch=up.proc.pid if up.proc else None, rate=live_rate)
         mid = up.status()
         drained_live = mid["drain"]["drained_total"]
         live_elapsed = time.monotonic() - t0
-        while up.status()["buffer"]["events"] > 0 and time.monotonic() - t0 < 1800:
+        while buffered(up) > 0 and time.monotonic() - t0 < 1800:
             time.sleep(0.5)
         total = time.monotonic() - t0
         end = up.status()
