@@ -59,13 +59,10 @@ def parse(spec: str) -> dict[str, Any]:
 
 
 @contextmanager
-def checkout(config: dict[str, Any], variables: bool = False) -> Iterator[None]:
-    """Workers started inside run from the configuration's checkout (and, with ``variables``,
-    with its variables in the environment, for scenarios that start workers of their own)."""
+def checkout(config: dict[str, Any]) -> Iterator[None]:
+    """Workers started inside run from the configuration's checkout."""
     saved = dict(os.environ)
     os.environ["PYTHONPATH"] = str(config["root"])
-    if variables:
-        os.environ.update(config["extra"])
     bench_run.ROOT = config["root"]  # the worker's cwd: `python -m topology.cli` imports from there
     try:
         yield
@@ -100,8 +97,9 @@ def healthy(work: Path, broker: Broker, config: dict[str, Any], args: argparse.N
 
 
 def drain(work: Path, broker: Broker, config: dict[str, Any], args: argparse.Namespace) -> Row:
-    with checkout(config, variables=True):
-        got = bench_run.drain_scenario(work, broker.bootstrap, args, args.backlog, live_rate=args.live_rate)
+    with checkout(config):
+        got = bench_run.drain_scenario(work, broker.bootstrap, args, args.backlog, live_rate=args.live_rate,
+                                       extra=config["extra"])
     live = got["live"]
     return {"drained/s": got["drain_events_per_second_with_live_load"], "live/s": live["events_per_second"],
             "live p50 ms": live["latency_ms"]["p50"], "live p99 ms": live["latency_ms"]["p99"],

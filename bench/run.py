@@ -341,40 +341,38 @@ def flume_agent(workdir: Path, bootstrap: str, channel: str, seconds: float,
 # -- scenarios ---------------------------------------------------------------------------------------
 
 def drain_scenario(work: Path, bootstrap: str, args: argparse.Namespace, backlog: int,
-                   live_rate: float = 0.0) -> dict[str, Any]:
+                   live_rate: float = 0.0, extra: dict[str, str] | None = None) -> dict[str, Any]:
     """Fill the buffer with ``backlog`` events (Kafka unreachable), then drain it with live load
     on, at ``live_rate`` events/s (half the healthy capacity; 0: flat out)."""
     fill_buffer(work / "drain", args, backlog)
-    up = Spillway(work / "drain", bootstrap).start()
+    up = Spillway(work / "drain", bootstrap, extra=dict(extra or {})).start()
     try:
-        start_events = buffered(up)
+        start_events = counts(up)["buffered"]
         t0 = time.monotonic()
         live = load(up.thrift_port, args.seconds, args, watch=up.proc.pid if up.proc else None, rate=live_rate)
-        mid = up.status()
-        drained_live = mid["drain"]["drained_total"]
+        drained_live = counts(up)["drained"]
         live_elapsed = time.monotonic() - t0
-        while buffered(up) > 0 and time.monotonic() - t0 < 1800:
+        while counts(up)["buffered"] > 0 and time.monotonic() - t0 < 1800:
             time.sleep(0.5)
         total = time.monotonic() - t0
-        end = up.status()
+        end = counts(up)
         return {"backlog_events": start_events,
                 "drain_events_per_second_with_live_load": round(drained_live / live_elapsed),
-                "drain_events_per_second_overall": round(end["drain"]["drained_total"] / total),
+                "drain_events_per_second_overall": round(end["drained"] / total),
                 "live": live, "live_rate_asked": round(live_rate), "drain_seconds": round(total, 1),
-                "duplicates": end["counters"]["duplicates"]}
+                "duplicates": end["duplicates"]}
     finally:
         up.stop()
 
 
-def buffered(w: Spillway) -> int:
-    """Events in the worker's buffer: over every process of ``--processes N``."""
+def counts(w: Spillway) -> dict[str, int]:
+    """Events buffered, events drained and duplicates, over every process of ``--processes N``."""
     st = w.status()
-    return int(st["processes_total"]["buffered_events"] if w.processes > 1 else st["buffer"]["events"])
-
-
-def drained(w: Spillway) -> int:
-    st = w.status()
-    return int(st["processes_total"]["drained"] if w.processes > 1 else st["drain"]["drained_total"])
+    if w.processes > 1:
+        t = st["processes_total"]
+        return {"buffered": t["buffered_events"], "drained": t["drained"], "duplicates": t["duplicates"]}
+    return {"buffered": st["buffer"]["events"], "drained": st["drain"]["drained_total"],
+            "duplicates": st["counters"]["duplicates"]}
 
 
 def fill_buffer(workdir: Path, args: argparse.Namespace, backlog: int, processes: int = 1) -> None:
@@ -382,7 +380,7 @@ def fill_buffer(workdir: Path, args: argparse.Namespace, backlog: int, processes
     down = Spillway(workdir, f"127.0.0.1:{free_port()}", processes=processes).start()
     try:
         t0 = time.monotonic()
-        while buffered(down) < backlog and time.monotonic() - t0 < 900:
+        while counts(down)["buffered"] < backlog and time.monotonic() - t0 < 900:
             load(down.thrift_port, 5, args)
     finally:
         down.stop()
@@ -398,18 +396,19 @@ def drain_alone_scenario(work: Path, bootstrap: str, args: argparse.Namespace, b
     up = Spillway(workdir, bootstrap, extra=dict(extra or {}), processes=processes).start()
     try:
         assert up.proc is not None
-        start_events, start_drained = buffered(up), drained(up)
+        start = counts(up)
         pids = up.tree
         cpu0, t0 = _sum(pids, _cpu_seconds), time.monotonic()
-        while buffered(up) > 0 and time.monotonic() - t0 < 1800:
+        while counts(up)["buffered"] > 0 and time.monotonic() - t0 < 1800:
             time.sleep(0.2)
         elapsed, cpu = time.monotonic() - t0, _sum(pids, _cpu_seconds) - cpu0
-        done = drained(up) - start_drained
-        return {"backlog_events": start_events, "drained": done, "worker_processes": processes,
+        end = counts(up)
+        done = end["drained"] - start["drained"]
+        return {"backlog_events": start["buffered"], "drained": done, "worker_processes": processes,
                 "events_per_second": round(done / elapsed), "seconds": round(elapsed, 1),
                 "server_cpu_percent": round(100 * cpu / elapsed),
                 "cpu_us_per_event": round(1e6 * cpu / max(1, done), 1),
-                "duplicates": up.status()["processes_total" if processes > 1 else "counters"]["duplicates"]}
+                "duplicates": end["duplicates"]}
     finally:
         up.stop()
 
