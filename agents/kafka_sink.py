@@ -149,7 +149,7 @@ class _Lane:
                 try:
                     producer = self.sink.producers[self.producer]
                     generation = self.sink.generations[self.producer]
-                    kfut = await producer.send_batch(batch, self.topic, partition=self.partition)
+                    kfut = await self._enqueue(producer, batch)
                 except BaseException as exc:
                     _fail(fut, exc)
                     if isinstance(exc, asyncio.CancelledError):
@@ -167,6 +167,35 @@ class _Lane:
             raise
         finally:
             self.task = None
+
+    async def _enqueue(self, producer: AIOKafkaProducer, batch: Any) -> asyncio.Future[Any]:
+        """``producer.send_batch(batch, topic, partition=partition)``, at less cost a batch.
+
+        A lane hands on one batch at a time (5,000 a second at 115k events/s: about 23 records a
+        batch), and aiokafka's ``send_batch`` waits for the partition's previous batch with an
+        ``asyncio.wait`` (a timer, a set, a callback each), then shields the batch's future:
+        about a tenth of the healthy worker's CPU. Here the wait is a done-callback on that
+        batch's drain future, and the batch joins the accumulator as ``send_batch`` would add
+        it (nothing awaits or cancels the future it returns, so no shield). Whatever is not the
+        plain case (the partition's previous batch still queued after the wait, a closed or
+        failed accumulator, a transactional producer, a partition not in the metadata, another
+        aiokafka) goes through ``send_batch`` itself, with its checks and its timeout.
+        """
+        acc: Any = getattr(producer, "_message_accumulator", None)
+        queued = getattr(acc, "_batches", None)
+        tp = TopicPartition(self.topic, self.partition)
+        if queued is not None:
+            pending = queued.get(tp)
+            if pending:
+                await _drained(pending[-1], self.sink.settings.request_timeout)
+                pending = queued.get(tp)
+            partitions = producer.client.cluster.partitions_for_topic(self.topic)
+            txn = producer._txn_manager  # idempotence has one too; a transactional producer goes the long way
+            if (not pending and not acc._closed and acc._exception is None
+                    and (txn is None or txn.transactional_id is None)
+                    and partitions is not None and self.partition in partitions):
+                return acc._append_batch(batch, tp).future  # type: ignore[no-any-return]
+        return await producer.send_batch(batch, self.topic, partition=self.partition)  # type: ignore[no-any-return]
 
     def _acked(self, kfut: asyncio.Future[Any], fut: asyncio.Future[Any], recs: list[Record], generation: int,
                resent: bool = False) -> None:
@@ -274,6 +303,28 @@ def _tell(delivery: Delivery, rec: Record, err: BaseException) -> None:
         delivery.unacked.append(rec)
         if delivery.error is None:
             delivery.error = repr(err)
+
+
+async def _drained(batch: Any, timeout: float) -> None:  # noqa: ASYNC109
+    """Until aiokafka's sender takes ``batch`` (or fails it), at most ``timeout`` seconds; never
+    raises: the caller looks at the accumulator again, and ``send_batch`` reports its errors."""
+    waiter = getattr(batch, "_drain_waiter", None)
+    if waiter is None or waiter.done():
+        return
+    loop = waiter.get_loop()  # not asyncio.get_running_loop(): on Python 3.11 that is a getpid() syscall
+    woken = loop.create_future()
+
+    def wake(_: object) -> None:
+        if not woken.done():
+            woken.set_result(None)
+
+    waiter.add_done_callback(wake)
+    timer = loop.call_later(timeout, wake, None)
+    try:
+        await woken
+    finally:
+        timer.cancel()
+        waiter.remove_done_callback(wake)
 
 
 def _fail(fut: asyncio.Future[Any], exc: BaseException) -> None:

@@ -96,3 +96,50 @@ def test_a_refused_record_in_the_middle_of_a_batch_fails_alone_and_the_records_a
     assert later == ["ok"] * 3
     got = sorted(r.value for r in read_topic(strict_up.bootstrap, topic, 13, settle=1.0))
     assert got == sorted([r.value for r in small] + [b"l%03d" % i for i in range(3)])
+
+
+def test_racing_calls_on_one_partition_land_once_in_order_with_batches_joining_past_send_batch(
+        kafka_up: Broker) -> None:
+    """A lane hands its batches to aiokafka's accumulator itself (``_Lane._enqueue``) once the
+    partition's previous batch is drained: every record lands once, in order, and most
+    batches skipped ``send_batch``'s per-batch ``asyncio.wait``."""
+    topic = unique("enqueue")
+    calls, per_call = 200, 20
+
+    async def run() -> tuple[list[str], int, int]:
+        sink = KafkaSink(KafkaSettings(bootstrap_servers=kafka_up.bootstrap))
+        await sink.start()
+        try:
+            assert (await sink.send_within(keyed(topic, 0, 1), 10)).ok
+            producer = sink.producer
+            acc = producer._message_accumulator
+            via_send_batch = appended = 0
+            real_send_batch, real_append = producer.send_batch, acc._append_batch
+
+            async def send_batch(*args: object, **kwargs: object) -> object:
+                nonlocal via_send_batch
+                via_send_batch += 1
+                return await real_send_batch(*args, **kwargs)
+
+            def append(*args: object) -> object:
+                nonlocal appended
+                appended += 1
+                return real_append(*args)
+
+            producer.send_batch, acc._append_batch = send_batch, append  # type: ignore[method-assign]
+            deliveries = []
+            for wave in range(4):  # waves of racing calls, so batches queue behind in-flight ones
+                deliveries += await asyncio.gather(*(
+                    sink.send_within(keyed(topic, 1 + (wave * calls // 4 + i) * per_call, per_call), 10)
+                    for i in range(calls // 4)))
+            return [d.error or "ok" for d in deliveries], appended, via_send_batch
+        finally:
+            await sink.stop()
+
+    outcomes, appended, via_send_batch = asyncio.run(run())
+    assert outcomes == ["ok"] * calls
+    got = read_topic(kafka_up.bootstrap, topic, 1 + calls * per_call, settle=1.0)
+    seqs = [int(r.value) for r in got]
+    assert seqs == list(range(1 + calls * per_call)), "every record once, in the order submitted"
+    assert appended > 1, f"{appended} batches for {calls} calls"
+    assert via_send_batch < appended, f"{via_send_batch} of {appended} batches went through send_batch"

@@ -118,3 +118,32 @@ async def test_send_within_reports_each_record_of_a_split_batch_and_of_a_batch_n
     assert [r for r, _ in delivery.refused] == [bad]
     assert sorted(id(r) for r in delivery.unacked) == sorted(id(r) for r in held[silent] if r in call)
     assert delivery.error is not None and "no ack" in delivery.error
+
+
+@pytest.mark.asyncio
+async def test_waiting_for_a_batch_to_drain_ends_when_it_drains_or_at_the_timeout_and_leaves_no_callback() -> None:
+    from agents.kafka_sink import _drained
+
+    class Batch:
+        def __init__(self) -> None:
+            self._drain_waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    loop = asyncio.get_running_loop()
+    stuck = Batch()
+    t0 = loop.time()
+    await _drained(stuck, 0.2)
+    waited = loop.time() - t0
+    assert 0.15 <= waited < 2.0, f"a batch that never drains is waited for {waited:.3f}s, not the 0.2 s timeout"
+    assert not stuck._drain_waiter.done()
+    assert len(stuck._drain_waiter._callbacks or []) == 0, "the timed-out wait left its callback on the batch"  # type: ignore[attr-defined]
+
+    drains = Batch()
+    loop.call_later(0.05, drains._drain_waiter.set_result, None)
+    t0 = loop.time()
+    await _drained(drains, 30)
+    assert loop.time() - t0 < 5, "the wait ends when the batch drains, not at the timeout"
+
+    failed = Batch()
+    loop.call_later(0.05, failed._drain_waiter.set_exception, RuntimeError("expired"))
+    await _drained(failed, 30)  # never raises: send_batch reports the batch's error
+    failed._drain_waiter.exception()
