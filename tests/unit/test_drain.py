@@ -303,17 +303,18 @@ class OneFailedCall(Kafka):
 @pytest.mark.asyncio
 async def test_a_failed_chunk_inside_a_window_keeps_the_prefix_and_counts_what_goes_twice(
         make_node: Callable[..., Any]) -> None:
-    """Chunks 1-2 acknowledged, chunk 3 not, chunks 4-5 acknowledged, all in one window: the
-    progress moves to the end of chunk 2 only; chunks 4-5 go again and are counted."""
-    kafka = OneFailedCall(fail=3)
+    """A segment's windows are 1, 2, 4, ... chunks. In the third (chunks 4-7): chunk 4
+    acknowledged, chunk 5 not, chunks 6-7 acknowledged: the progress moves to the end of chunk 4
+    only; chunks 6-7 go again and are counted."""
+    kafka = OneFailedCall(fail=5)
     node = await make_node(kafka, batch_events=3)
-    assert node.drain.settings.window >= 5
-    recs = records(15)
+    assert node.drain.settings.window >= 4
+    recs = records(24)
     path = await buffered(node, recs)
     await node.drain.run_once()
     progress = read_progress(path.parent)
-    assert progress is not None and progress.offset == offsets(path)[6] and progress.inflight_end is None
-    assert node.duplicates() == 6  # chunks 4 and 5 reached Kafka and will be sent again
+    assert progress is not None and progress.offset == offsets(path)[12] and progress.inflight_end is None
+    assert node.duplicates() == 6  # chunks 6 and 7 reached Kafka and will be sent again
     await node.drain_until_empty()
-    assert sorted(bodies(kafka.sent)) == sorted(bodies(recs) + bodies(recs[9:15]))
+    assert sorted(bodies(kafka.sent)) == sorted(bodies(recs) + bodies(recs[15:21]))
     assert len(kafka.sent) - len(recs) == node.duplicates()
