@@ -82,6 +82,11 @@ class Node(Pipeline):
         await super().on_start()
         heap.settle()  # the collector tuned for records in flight (core/heap.py)
 
+    async def on_started(self) -> None:
+        # A backlog left by the last run starts draining now, not a timer interval later (the
+        # timer's first tick); the drain's lock keeps this and the timer's rounds apart.
+        self.add_future(drain_once())
+
 
 #: every stage of this node, built from the settings; started and stopped by the worker
 node = Node(settings, ingress, outcomes, kafka, spill)
@@ -118,6 +123,11 @@ async def probe() -> None:
 @app.timer(interval=settings.drain.interval)
 async def drain() -> None:
     """Drains closed buffer segments into Kafka while Kafka is up (a drain-only node: then stops)."""
+    await drain_once()
+
+
+async def drain_once() -> None:
+    """One call of the drain, from the timer or as the node starts."""
     if not node.active:
         return
     try:
