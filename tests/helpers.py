@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -370,3 +371,35 @@ def check_all_in_kafka(bootstrap: str, acked: dict[bytes, tuple[str, bytes]], ti
     missing = [b for b in acked if b not in seen]
     assert not missing, f"{len(missing)} acknowledged events missing from Kafka, e.g. {missing[:3]}"
     return {"expected": len(acked), "found": len(seen), "duplicates": sum(v - 1 for v in seen.values())}
+
+
+# -- the status page in Debian's headless chromium (scripts/install-chromium.sh) ------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def chromium(profile: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
+    assert CHROMIUM.exists(), f"{CHROMIUM} is missing: run scripts/install-chromium.sh (as root)"
+    cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+           "--hide-scrollbars", "--no-first-run", f"--user-data-dir={profile}", "--window-size=1280,900",
+           "--virtual-time-budget=5000", *args]
+    return subprocess.run(cmd, capture_output=True, timeout=90, check=False)
+
+
+def render(w: Worker, out: Path, name: str) -> tuple[str, Path]:
+    """The page's DOM after its scripts ran for five (virtual) seconds, and a screenshot of it."""
+    png = out / f"{name}.png"
+    run = chromium(out / f"{name}-profile", "--enable-logging=stderr", f"--screenshot={png}", "--dump-dom",
+                   f"http://127.0.0.1:{w.web_port}/")
+    log = run.stderr.decode(errors="replace")
+    assert run.returncode == 0, log[-2000:]
+    console = [line for line in log.splitlines() if ":CONSOLE" in line]
+    assert not [line for line in console if "Uncaught" in line], console
+    print(f"\nstatus page screenshot ({name}): {png}")
+    return run.stdout.decode(), png
+
+
+def text_of(dom: str, element_id: str) -> str:
+    m = re.search(rf'id="{element_id}"[^>]*>([^<]*)<', dom)
+    assert m, f"no element #{element_id} in the rendered page"
+    return m.group(1).strip()

@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import Load, TcpProxy, Worker, check_all_in_kafka, unique, wait_until
-from test_views import render
+from helpers import Load, TcpProxy, Worker, check_all_in_kafka, render, text_of, unique, wait_until
 
 from devtools.kafka import Broker
 
@@ -125,7 +124,7 @@ def test_a_killed_child_is_restarted_and_retrying_clients_lose_nothing(
 
 
 def test_kafka_down_each_process_buffers_in_its_own_directory_then_both_drain(
-        kafka_up: Broker, kafka_proxy: TcpProxy, make_node: Callable[..., Worker]) -> None:
+        kafka_up: Broker, kafka_proxy: TcpProxy, make_node: Callable[..., Worker], tmp_path: Path) -> None:
     node = make_node(kafka_up.bootstrap, 2)
     wait_until(lambda: all_ready(node, 2), 30, what="both processes ready")
     kafka_proxy.cut()
@@ -144,6 +143,11 @@ def test_kafka_down_each_process_buffers_in_its_own_directory_then_both_drain(
     counts = check_all_in_kafka(kafka_up.bootstrap, acked)
     print(f"buffered by process {buffered}, acked {len(acked)}, {counts}")
     assert counts["found"] >= len(acked)
+    total = node.status()["processes_total"]
+    assert total["drained"] >= sum(buffered), (total, buffered)
+    dom, _ = render(node, tmp_path, "processes-drained")  # the page's total row: what both drained
+    assert text_of(dom, "processes-drained") == f"{total['drained']:,}"
+    assert text_of(dom, "processes-duplicates") == f"{total['duplicates']:,}"
     assert node.stop(timeout=60) == 0
 
 

@@ -10,7 +10,6 @@ import json
 import re
 import socket
 import struct
-import subprocess
 import threading
 import time
 import urllib.error
@@ -20,14 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import Status, TcpProxy, Worker, client, event, unique, wait_until
+from helpers import Status, TcpProxy, Worker, client, event, render, text_of, unique, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 from devtools.kafka import Broker
 
 pytestmark = pytest.mark.kafka
-
-CHROMIUM = Path("/usr/bin/chromium")
 
 OPERATOR_METRICS = {
     "spillway_events_received_total": "counter",
@@ -84,34 +81,7 @@ def samples(w: Worker, since: float | None = None) -> list[dict[str, Any]]:
     return list(doc["samples"])
 
 
-# -- chromium -------------------------------------------------------------------------------------
-
-def chromium(profile: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
-    assert CHROMIUM.exists(), f"{CHROMIUM} is missing: run scripts/install-chromium.sh (as root)"
-    cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-           "--hide-scrollbars", "--no-first-run", f"--user-data-dir={profile}", "--window-size=1280,900",
-           "--virtual-time-budget=5000", *args]
-    return subprocess.run(cmd, capture_output=True, timeout=90, check=False)
-
-
-def render(w: Worker, out: Path, name: str) -> tuple[str, Path]:
-    """The page's DOM after its scripts ran for five (virtual) seconds, and a screenshot of it."""
-    png = out / f"{name}.png"
-    run = chromium(out / f"{name}-profile", "--enable-logging=stderr", f"--screenshot={png}", "--dump-dom",
-                   f"http://127.0.0.1:{w.web_port}/")
-    log = run.stderr.decode(errors="replace")
-    assert run.returncode == 0, log[-2000:]
-    console = [line for line in log.splitlines() if ":CONSOLE" in line]
-    assert not [line for line in console if "Uncaught" in line], console
-    print(f"\nstatus page screenshot ({name}): {png}")
-    return run.stdout.decode(), png
-
-
-def text_of(dom: str, element_id: str) -> str:
-    m = re.search(rf'id="{element_id}"[^>]*>([^<]*)<', dom)
-    assert m, f"no element #{element_id} in the rendered page"
-    return m.group(1).strip()
-
+# -- the page's checks -------------------------------------------------------------------------
 
 def assert_is_a_real_screenshot(png: Path) -> None:
     data = png.read_bytes()
