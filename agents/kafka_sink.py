@@ -79,12 +79,13 @@ def translate(exc: BaseException) -> SinkError:
 class _Lane:
     """One topic-partition: an open batch, closed batches waiting, one sender task."""
 
-    __slots__ = ("sink", "topic", "partition", "producer", "open", "open_fut", "open_recs", "queue", "task")
+    __slots__ = ("sink", "topic", "partition", "tp", "producer", "open", "open_fut", "open_recs", "queue", "task")
 
     def __init__(self, sink: KafkaSink, topic: str, partition: int, producer: int) -> None:
         self.sink = sink
         self.topic = topic
         self.partition = partition
+        self.tp = TopicPartition(topic, partition)  # aiokafka's key for this partition
         self.producer = producer
         self.open: Any = None
         self.open_fut: asyncio.Future[Any] | None = None
@@ -183,7 +184,7 @@ class _Lane:
         """
         acc: Any = getattr(producer, "_message_accumulator", None)
         queued = getattr(acc, "_batches", None)
-        tp = TopicPartition(self.topic, self.partition)
+        tp = self.tp
         if queued is not None:
             pending = queued.get(tp)
             if pending:
@@ -254,8 +255,7 @@ class _Lane:
         numbers = getattr(txn, "_sequence_numbers", None)
         if numbers is None:  # pragma: no cover - a different aiokafka: the rebuild path still recovers
             return
-        tp = TopicPartition(self.topic, self.partition)
-        numbers[tp] = max(0, numbers[tp] - count)
+        numbers[self.tp] = max(0, numbers[self.tp] - count)
 
     async def _split(self, fut: asyncio.Future[Any], recs: list[Record]) -> None:
         """Send the two halves of a batch Kafka refused as too large; resolve ``fut`` with each
